@@ -1,0 +1,1 @@
+"""Landmark network code and the shipped default weights."""

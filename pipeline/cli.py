@@ -1,0 +1,51 @@
+"""The ``legalign`` command line: one tool, one module per subcommand.
+
+Each module in ``COMMANDS`` defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``.  Modules import heavy dependencies (torch, pydicom) inside
+``run`` so that ``legalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline import __version__
+from pipeline.errors import LegalignError
+
+COMMANDS: tuple[str, ...] = (
+    "pipeline.commands.measure",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="legalign",
+        description="Lower-limb alignment on full-leg radiographs (planning support only).",
+    )
+    parser.add_argument("--version", action="version", version=f"legalign {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS:
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except LegalignError as exc:
+        print(f"legalign {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"legalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

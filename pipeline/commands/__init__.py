@@ -1,0 +1,1 @@
+"""One module per ``legalign`` subcommand (see pipeline/cli.py)."""

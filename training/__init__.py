@@ -1,0 +1,1 @@
+"""Datasets, synthetic films, training and evaluation."""
