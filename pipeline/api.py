@@ -1,0 +1,607 @@
+"""Notebook API: one call analyses one image and returns a typed result.
+
+    >>> from pipeline.api import analyse
+    >>> result = analyse("film.dcm")            # doctest: +SKIP
+    >>> result.legs[0].measurements.hka_deg     # doctest: +SKIP
+
+The batch engine (``legalign run``) uses the same functions: it reads and prepares films
+in worker processes, runs the locator in batches, then calls :func:`result_from_legs`,
+the one place where landmarks become measurements, plans, null reasons and statuses.
+
+Planning support only: every plan is a proposal for a clinician to check, not a
+clinical decision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputError, LegalignError
+from pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
+
+DISCLAIMER = "Planning support only: not a clinical decision; a clinician must verify."
+RESULT_SCHEMA = "legalign.image/1"
+
+# Which landmarks each per-leg measurement needs (docs/clinical-geometry.md).  Used to
+# explain a null value: the first missing or low-confidence landmark is the reason.
+H, K, A = "femoral_head", "knee_centre", "ankle_centre"
+FCM, FCL = "femoral_condyle_medial", "femoral_condyle_lateral"
+TPM, TPL = "tibial_plateau_medial", "tibial_plateau_lateral"
+GT = "greater_trochanter"
+FSP, FSD = "femoral_shaft_proximal", "femoral_shaft_distal"
+TSP, TSD = "tibial_shaft_proximal", "tibial_shaft_distal"
+MEASUREMENT_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "hka_deg": (H, K, A),
+    "mad_mm": (H, K, A),
+    "wbl_ratio_pct": (H, A, TPM, TPL),
+    "mldfa_deg": (H, K, FCM, FCL),
+    "mpta_deg": (K, A, TPM, TPL),
+    "jlca_deg": (FCM, FCL, TPM, TPL),
+    "mlpfa_deg": (H, K, GT),
+    "atfa_deg": (FSP, FSD, TSP, TSD),
+    "ama_deg": (FSP, FSD, H, K),
+    "femur_length_mm": (H, K),
+    "tibia_length_mm": (K, A),
+    "leg_length_mm": (H, A),
+    "category": (H, K, A),
+}
+MM_MEASUREMENTS = frozenset({"mad_mm", "femur_length_mm", "tibia_length_mm", "leg_length_mm"})
+# Measurements a leg needs to be "ok"; any other null makes it "partial".
+MEASUREMENT_KEYS: tuple[str, ...] = tuple(MEASUREMENT_DEPENDENCIES)
+
+# Failure reasons recorded in the results (docs/results-schema.md).
+FAILURE_REASONS: tuple[str, ...] = (
+    "unreadable",  # corrupt or truncated file, decoder failure
+    "not_an_image",  # not DICOM / PNG / JPEG / TIFF, or DICOM without pixel data
+    "wrong_modality",  # DICOM modality that is not a projection radiograph
+    "too_large",  # more pixels than the configured limit
+    "no_spacing",  # zero / absent pixel spacing while --require-spacing is set
+    "no_legs_found",  # the locator found no leg with its core landmarks
+    "internal_error",  # a bug: an unexpected exception (message recorded)
+    "worker_crashed",  # the worker process died on this file (e.g. decoder segfault)
+)
+
+
+# --------------------------------------------------------------------------- types
+@dataclass(frozen=True)
+class Landmark:
+    """One located landmark.  ``used`` is False when its confidence is below the
+    configured threshold: it is reported (flagged) but not measured from."""
+
+    name: str
+    x: float
+    y: float
+    confidence: float | None
+    used: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "x": self.x,
+            "y": self.y,
+            "confidence": self.confidence,
+            "used": self.used,
+            "flag": None if self.used else "low_confidence",
+        }
+
+
+@dataclass
+class LegResult:
+    """One leg: landmarks with confidence, measurements, plan, and why values are null.
+
+    ``status``: "ok" (every measurement and the plan computed), "partial" (some values are
+    null, each with a reason in ``null_reasons``), "failed" (no hip-knee-ankle axis).
+    """
+
+    side: str
+    status: str
+    landmarks: dict[str, Landmark]
+    measurements: Any  # pipeline.measure.LegMeasurements
+    plan: Any  # pipeline.plan.OsteotomyPlan | None
+    null_reasons: dict[str, str] = field(default_factory=dict)
+    mirrored: bool = False
+    side_source: str | None = None
+
+    @property
+    def low_confidence(self) -> dict[str, float]:
+        return {
+            n: float(lm.confidence)
+            for n, lm in self.landmarks.items()
+            if not lm.used and lm.confidence is not None
+        }
+
+    def measurements_dict(self) -> dict[str, Any]:
+        return _measurement_values(self.measurements)
+
+    def plan_dict(self) -> dict[str, Any] | None:
+        return None if self.plan is None else _to_dict(self.plan)
+
+    def used_landmarks(self) -> LegLandmarks:
+        return LegLandmarks(
+            side=self.side,
+            points={n: (lm.x, lm.y) for n, lm in self.landmarks.items() if lm.used},
+            confidence={
+                n: lm.confidence
+                for n, lm in self.landmarks.items()
+                if lm.used and lm.confidence is not None
+            },
+            mirrored=self.mirrored,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "side": self.side,
+            "status": self.status,
+            "mirrored": self.mirrored,
+            "side_source": self.side_source,
+            "landmarks": {
+                n: self.landmarks[n].to_dict() for n in LANDMARK_NAMES if n in self.landmarks
+            },
+            "low_confidence": self.low_confidence,
+            "measurements": self.measurements_dict(),
+            "plan": self.plan_dict(),
+            "null_reasons": dict(self.null_reasons),
+        }
+
+
+@dataclass
+class ImageResult:
+    """Everything legalign found on one image.  ``status`` is "ok", "partial" (some leg
+    values null, with reasons) or "failed" (``error_reason`` + ``error``)."""
+
+    file: str
+    status: str
+    legs: list[LegResult] = field(default_factory=list)
+    error_reason: str | None = None
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    modality: str | None = None
+    bits_stored: int | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    spacing_mm: float | None = None
+    spacing_source: str | None = None
+    laterality: str | None = None
+    mirrored: bool | None = None
+    lld_mm: float | None = None
+    null_reasons: dict[str, str] = field(default_factory=dict)
+    model: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def leg(self, side: str) -> LegResult | None:
+        return next((leg for leg in self.legs if leg.side == side), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": RESULT_SCHEMA,
+            "file": self.file,
+            "status": self.status,
+            "error_reason": self.error_reason,
+            "error": self.error,
+            "sop_instance_uid": self.sop_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "image": {
+                "width": self.width,
+                "height": self.height,
+                "modality": self.modality,
+                "bits_stored": self.bits_stored,
+                "laterality": self.laterality,
+                "mirrored": self.mirrored,
+            },
+            "spacing_mm": self.spacing_mm,
+            "spacing_source": self.spacing_source,
+            "legs": [leg.to_dict() for leg in self.legs],
+            "lld_mm": self.lld_mm,
+            "null_reasons": dict(self.null_reasons),
+            "model": self.model,
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+            "disclaimer": DISCLAIMER,
+        }
+
+
+@dataclass(frozen=True)
+class FilmInfo:
+    """What result building needs from a radiograph, without its pixels (small enough to
+    cross a process boundary)."""
+
+    path: str
+    width: int
+    height: int
+    spacing_mm: float | None
+    spacing_source: str | None
+    mirrored: bool | None
+    laterality: str | None
+    modality: str | None
+    bits_stored: int | None
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+
+    @classmethod
+    def from_radiograph(cls, rad: Any) -> FilmInfo:
+        return cls(
+            path=str(rad.path),
+            width=int(rad.width),
+            height=int(rad.height),
+            spacing_mm=rad.spacing_mm,
+            spacing_source=rad.spacing_source,
+            mirrored=rad.mirrored,
+            laterality=rad.laterality,
+            modality=rad.modality,
+            bits_stored=rad.bits_stored,
+            sop_instance_uid=rad.sop_instance_uid,
+            study_instance_uid=rad.study_instance_uid,
+            series_instance_uid=rad.series_instance_uid,
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+def _measurement_values(meas: Any) -> dict[str, Any]:
+    d = _to_dict(meas)
+    d.pop("null_reasons", None)
+    return d
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, dict):
+        return dict(obj)
+    return dict(obj.to_dict())
+
+
+def classify_error(exc: BaseException) -> str:
+    """Map an exception to one of FAILURE_REASONS."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason in FAILURE_REASONS:
+        return reason
+    if isinstance(exc, MemoryError):
+        return "too_large"
+    if not isinstance(exc, LegalignError):
+        return "internal_error"
+    msg = str(exc).lower()
+    if "modality" in msg:
+        return "wrong_modality"
+    if any(w in msg for w in ("too large", "too big", "megapixel", "pixels exceed", "exceeds")):
+        return "too_large"
+    if "spacing" in msg:
+        return "no_spacing"
+    if any(
+        w in msg
+        for w in ("not a dicom", "not an image", "unsupported", "no pixel data", "unknown format")
+    ):
+        return "not_an_image"
+    return "unreadable"
+
+
+def failed_result(path: str, exc: BaseException | str, reason: str | None = None) -> ImageResult:
+    """An ImageResult recording one failure (reason code + one-line message, no traceback)."""
+    if isinstance(exc, BaseException):
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, LegalignError):
+            msg = f"{type(exc).__name__}: {msg}"
+        reason = reason or classify_error(exc)
+    else:
+        msg = exc
+        reason = reason or "internal_error"
+    return ImageResult(file=str(path), status="failed", error_reason=reason, error=msg)
+
+
+def load_config(config: Any = None) -> Any:
+    """A GeometryConfig from None (defaults), a path, or a GeometryConfig."""
+    from pipeline.geometry_config import GeometryConfig, load_geometry_config
+
+    if isinstance(config, GeometryConfig):
+        return config
+    return load_geometry_config(config)
+
+
+def load_locator(model: Any = None, device: str = "cpu") -> Any:
+    """A Locator from None (shipped default), a checkpoint path, or a Locator."""
+    from pipeline.locate import Locator
+
+    if isinstance(model, Locator):
+        return model
+    return Locator.from_checkpoint(None if model is None else str(model), device=device)
+
+
+def _centre_x(leg: LegLandmarks) -> float:
+    xs = [leg.points[n][0] for n in CORE_LANDMARKS if n in leg.points] or [
+        p[0] for p in leg.points.values()
+    ]
+    return float(np.mean(xs)) if xs else 0.0
+
+
+def _anatomical_medial_sign(leg: LegLandmarks) -> int | None:
+    """+1 if this leg's medial direction is +x in the image, judged from its own anatomy
+    (the greater trochanter lies lateral to the femoral head; the labelled medial
+    condyle / plateau edge lies medial to the lateral one); None when undecidable."""
+    votes = 0.0
+    p = leg.points
+    if GT in p and H in p:
+        votes += np.sign(p[H][0] - p[GT][0])
+    for med, lat in ((FCM, FCL), (TPM, TPL)):
+        if med in p and lat in p:
+            votes += 0.5 * np.sign(p[med][0] - p[lat][0])
+    if votes == 0:
+        return None
+    return 1 if votes > 0 else -1
+
+
+def assign_sides(legs: list[LegLandmarks], info: FilmInfo) -> tuple[list[LegLandmarks], str | None]:
+    """Name each leg right or left.
+
+    Order of evidence: DICOM orientation (``info.mirrored`` known: the leg on the viewer's
+    left is the patient's right on a standard film), then DICOM laterality for a
+    single-leg film ("R"/"L"), then anatomy (a standard AP display is assumed: the leg
+    whose medial side faces +x is a right leg; on a bilateral film, the leg nearer the
+    viewer's left).  Returns the relabelled legs and the source used.
+    """
+    if not legs:
+        return [], None
+    legs = sorted(legs, key=_centre_x)
+    if info.mirrored is not None:
+        mirrored = bool(info.mirrored)
+        if len(legs) >= 2:
+            sides = ["left", "right"] if mirrored else ["right", "left"]
+            return [_relabel(leg, s, mirrored) for leg, s in zip(legs[:2], sides, strict=True)], (
+                "dicom_orientation"
+            )
+        # one leg: which side of the patient is it?  Its anatomy gives medial in the
+        # image; with the display orientation known, medial +x means right on a
+        # standard film and left on a mirrored one.
+        sign = _anatomical_medial_sign(legs[0])
+        if info.laterality in ("R", "L"):
+            side = "right" if info.laterality == "R" else "left"
+            return [_relabel(legs[0], side, mirrored)], "dicom_laterality"
+        if sign is not None:
+            side = "right" if (sign > 0) != mirrored else "left"
+            return [_relabel(legs[0], side, mirrored)], "dicom_orientation+anatomy"
+        side = "right" if (_centre_x(legs[0]) < info.width / 2) != mirrored else "left"
+        return [_relabel(legs[0], side, mirrored)], "dicom_orientation+position"
+    if len(legs) == 1 and info.laterality in ("R", "L"):
+        side = "right" if info.laterality == "R" else "left"
+        sign = _anatomical_medial_sign(legs[0])
+        # medial +x for a right leg means a standard display
+        mirrored = False if sign is None else ((sign > 0) != (side == "right"))
+        return [_relabel(legs[0], side, mirrored)], "dicom_laterality"
+    if len(legs) >= 2:
+        return [_relabel(legs[0], "right", False), _relabel(legs[1], "left", False)], "anatomy"
+    sign = _anatomical_medial_sign(legs[0])
+    if sign is None:
+        side = "right" if _centre_x(legs[0]) < info.width / 2 else "left"
+        return [_relabel(legs[0], side, False)], "position"
+    return [_relabel(legs[0], "right" if sign > 0 else "left", False)], "anatomy"
+
+
+def _relabel(leg: LegLandmarks, side: str, mirrored: bool) -> LegLandmarks:
+    if leg.side == side and leg.mirrored == mirrored:
+        return leg
+    return LegLandmarks(
+        side=side, points=dict(leg.points), confidence=dict(leg.confidence), mirrored=mirrored
+    )
+
+
+def _null_reason(
+    key: str, leg: LegLandmarks, dropped: dict[str, float], spacing_mm: float | None
+) -> str:
+    deps = MEASUREMENT_DEPENDENCIES.get(key, ())
+    for name in deps:
+        if name in dropped:
+            return f"{name} low confidence ({dropped[name]:.2f})"
+    for name in deps:
+        if name not in leg.points:
+            return f"{name} not found"
+    if (key in MM_MEASUREMENTS or key.endswith("_mm")) and spacing_mm is None:
+        return "no pixel spacing (angles only)"
+    if dropped:
+        names = ", ".join(f"{n} ({c:.2f})" for n, c in sorted(dropped.items()))
+        return f"not computable; low-confidence landmarks dropped: {names}"
+    return "not computable from these landmarks"
+
+
+def build_leg(
+    leg: LegLandmarks, spacing_mm: float | None, cfg: Any, side_source: str | None = None
+) -> LegResult:
+    """Drop low-confidence landmarks, measure, plan, and explain every null value."""
+    from pipeline.measure import measure_leg
+    from pipeline.plan import plan_leg
+
+    threshold = float(cfg.landmarks.low_confidence)
+    landmarks: dict[str, Landmark] = {}
+    dropped: dict[str, float] = {}
+    for name in LANDMARK_NAMES:
+        if name not in leg.points:
+            continue
+        x, y = leg.points[name]
+        conf = leg.confidence.get(name)
+        used = conf is None or float(conf) >= threshold
+        if not used:
+            dropped[name] = float(conf)
+        landmarks[name] = Landmark(
+            name, float(x), float(y), None if conf is None else float(conf), used
+        )
+    used_leg = LegLandmarks(
+        side=leg.side,
+        points={n: (lm.x, lm.y) for n, lm in landmarks.items() if lm.used},
+        confidence={
+            n: lm.confidence for n, lm in landmarks.items() if lm.used and lm.confidence is not None
+        },
+        mirrored=leg.mirrored,
+    )
+    try:
+        meas = measure_leg(used_leg, spacing_mm, cfg)
+    except LegalignError as exc:  # e.g. two landmarks that define a line coincide
+        from pipeline.measure import LegMeasurements
+
+        why = str(exc).splitlines()[0]
+        meas = LegMeasurements(null_reasons={k: why for k in MEASUREMENT_KEYS})
+    null_reasons: dict[str, str] = {}
+    for key, value in _measurement_values(meas).items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            lead = getattr(meas, "null_reasons", {}).get(key)
+            mine = _null_reason(key, used_leg, dropped, spacing_mm)
+            # a dropped low-confidence landmark is the root cause: say so
+            null_reasons[key] = mine if (lead is None or "low confidence" in mine) else lead
+    plan = None
+    try:
+        plan = plan_leg(used_leg, meas, spacing_mm, cfg, low_confidence=tuple(sorted(dropped)))
+    except LegalignError as exc:
+        null_reasons["plan"] = str(exc).splitlines()[0]
+    if plan is not None and (plan.indicated is None or (plan.indicated and plan.level is None)):
+        null_reasons["plan"] = plan.reason
+    core_ok = getattr(meas, "hka_deg", None) is not None
+    incomplete = [k for k, v in null_reasons.items() if not v.startswith("no pixel spacing")]
+    status = "failed" if not core_ok else ("partial" if incomplete else "ok")
+    return LegResult(
+        side=leg.side,
+        status=status,
+        landmarks=landmarks,
+        measurements=meas,
+        plan=plan,
+        null_reasons=null_reasons,
+        mirrored=leg.mirrored,
+        side_source=side_source,
+    )
+
+
+def result_from_legs(
+    info: FilmInfo,
+    legs: list[LegLandmarks],
+    cfg: Any,
+    *,
+    model_name: str | None = None,
+    timings_s: dict[str, float] | None = None,
+) -> ImageResult:
+    """The one code path from located landmarks to an ImageResult (API and engine)."""
+    base = dict(
+        file=info.path,
+        width=info.width,
+        height=info.height,
+        modality=info.modality,
+        bits_stored=info.bits_stored,
+        sop_instance_uid=info.sop_instance_uid,
+        study_instance_uid=info.study_instance_uid,
+        series_instance_uid=info.series_instance_uid,
+        spacing_mm=info.spacing_mm,
+        spacing_source=info.spacing_source,
+        laterality=info.laterality,
+        mirrored=info.mirrored,
+        model=model_name,
+        timings_s=dict(timings_s or {}),
+    )
+    legs, side_source = assign_sides(list(legs), info)
+    leg_results = [build_leg(leg, info.spacing_mm, cfg, side_source) for leg in legs]
+    if not any(lr.status != "failed" for lr in leg_results):
+        n = len(leg_results)
+        msg = (
+            "no leg found"
+            if n == 0
+            else f"{n} leg(s) found but none with hip, knee and ankle centres usable"
+        )
+        if n:
+            msg += ": " + "; ".join(
+                f"{lr.side}: {lr.null_reasons.get('hka_deg', '?')}" for lr in leg_results
+            )
+        return ImageResult(
+            status="failed", legs=leg_results, error_reason="no_legs_found", error=msg, **base
+        )
+    null_reasons: dict[str, str] = {}
+    lld = None
+    sides = {lr.side for lr in leg_results}
+    if sides == {"left", "right"}:
+        # lld_mm as pipeline.measure.measure_film defines it (left minus right leg length),
+        # from the legs already measured here
+        length = {lr.side: getattr(lr.measurements, "leg_length_mm", None) for lr in leg_results}
+        if length["left"] is not None and length["right"] is not None:
+            lld = float(length["left"] - length["right"])
+        else:
+            if info.spacing_mm is None:
+                null_reasons["lld_mm"] = "no pixel spacing (angles only)"
+            else:
+                why = [
+                    f"{lr.side}: {lr.null_reasons['leg_length_mm']}"
+                    for lr in leg_results
+                    if "leg_length_mm" in lr.null_reasons
+                ]
+                null_reasons["lld_mm"] = "; ".join(why) or "not computable"
+    else:
+        null_reasons["lld_mm"] = "single leg on the film"
+    status = "ok" if all(lr.status == "ok" for lr in leg_results) else "partial"
+    return ImageResult(
+        status=status, legs=leg_results, lld_mm=lld, null_reasons=null_reasons, **base
+    )
+
+
+# --------------------------------------------------------------------------- the call
+def analyse(
+    path_or_array: str | Path | np.ndarray,
+    *,
+    model: Any = None,
+    spacing_mm: float | None = None,
+    config: Any = None,
+    device: str = "cpu",
+) -> ImageResult:
+    """Analyse one image.
+
+    ``path_or_array``: a DICOM / PNG / JPEG / TIFF path, or a 2-D array (any numeric
+    dtype; scaled to [0, 1], bone bright).  ``model``: None (the shipped default), a
+    checkpoint path, or a ``Locator`` (pass one to analyse many images without
+    reloading).  ``spacing_mm`` overrides the file's spacing.  ``config``: None, a YAML
+    path merged over configs/geometry.yaml, or a ``GeometryConfig``.
+
+    Input problems raise ``InputError``; "no leg found" is a result with status "failed".
+    """
+    cfg = load_config(config)
+    locator = load_locator(model, device=device)
+    t0 = time.perf_counter()
+    rad = radiograph_from(path_or_array, spacing_mm=spacing_mm)
+    t1 = time.perf_counter()
+    legs = locator.locate(rad)
+    t2 = time.perf_counter()
+    result = result_from_legs(
+        FilmInfo.from_radiograph(rad),
+        legs,
+        cfg,
+        model_name=getattr(locator, "name", None),
+        timings_s={"read": t1 - t0, "locate": t2 - t1},
+    )
+    result.timings_s["measure"] = time.perf_counter() - t2
+    return result
+
+
+def radiograph_from(
+    path_or_array: str | Path | np.ndarray, *, spacing_mm: float | None = None
+) -> Any:
+    """A Radiograph from a path (the readers) or an array (normalised here)."""
+    from pipeline.radiograph import Radiograph
+
+    if isinstance(path_or_array, np.ndarray):
+        arr = np.asarray(path_or_array)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4):
+            arr = arr[..., :3].mean(axis=2)
+        if arr.ndim != 2 or arr.size == 0:
+            raise InputError(f"array: expected a 2-D greyscale image, got shape {arr.shape}")
+        arr = arr.astype(np.float32)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+            raise InputError("array: constant or non-finite image")
+        if spacing_mm is not None and not spacing_mm > 0:
+            raise InputError(f"array: spacing must be positive, got {spacing_mm}")
+        return Radiograph(
+            path="<array>",
+            pixels=(arr - lo) / (hi - lo),
+            spacing_mm=spacing_mm,
+            spacing_source="user" if spacing_mm is not None else None,
+        )
+    from pipeline.read import read_radiograph
+
+    return read_radiograph(str(path_or_array), spacing_override_mm=spacing_mm)
