@@ -1,0 +1,1 @@
+"""``legalign run`` engines: input expansion, the local streaming engine."""

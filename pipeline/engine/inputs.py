@@ -1,0 +1,83 @@
+"""Expand ``legalign run`` INPUTs lazily into file paths.
+
+An INPUT is a file, a folder (walked recursively, in sorted order, one folder at a time),
+or a text file listing paths (``@list.txt``, or a name ending in .txt / .lst / .list;
+one path per line, ``#`` comments, relative paths relative to the list's folder; a
+listed folder is walked too).  Nothing is listed up front: the generator yields paths as
+it finds them, so a tree of millions of files costs memory for one folder's entries.
+
+Skipped while walking: hidden files and folders (names starting with "."), DICOMDIR
+files, and the run's own output folder (so the SR / SC objects a run writes are not
+picked up as inputs by the next run).  Paths that do not exist are yielded anyway: the
+engine records them as failures instead of stopping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+def is_list_file(arg: str) -> bool:
+    return arg.startswith("@") or (arg.lower().endswith(LIST_SUFFIXES) and os.path.isfile(arg))
+
+
+def _walk(root: str, exclude: tuple[str, ...]) -> Iterator[str]:
+    # os.walk with topdown=True lets us prune and sort each folder's entries
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        absdir = os.path.abspath(dirpath)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and os.path.abspath(os.path.join(absdir, d)) not in exclude
+        )
+        for name in sorted(filenames):
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            yield os.path.join(dirpath, name)
+
+
+def _list_entries(list_path: str) -> Iterator[str]:
+    base = os.path.dirname(os.path.abspath(list_path))
+    with open(list_path, encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            yield entry if os.path.isabs(entry) else os.path.join(base, entry)
+
+
+def expand_inputs(
+    inputs: Iterable[str], *, exclude: Iterable[str | os.PathLike[str]] = ()
+) -> Iterator[str]:
+    """Yield every file path the INPUTs name, lazily (see the module docstring)."""
+    excl = tuple(os.path.abspath(os.fspath(e)) for e in exclude)
+    for arg in inputs:
+        arg = os.fspath(arg)
+        if is_list_file(arg):
+            list_path = arg[1:] if arg.startswith("@") else arg
+            for entry in _list_entries(list_path):
+                yield from _expand_one(entry, excl)
+        else:
+            yield from _expand_one(arg, excl)
+
+
+def _expand_one(path: str, exclude: tuple[str, ...]) -> Iterator[str]:
+    if os.path.isdir(path):
+        if os.path.abspath(path) in exclude:
+            return
+        yield from _walk(path, exclude)
+    else:
+        yield path
+
+
+def check_inputs(inputs: Iterable[str]) -> list[str]:
+    """Problems that make the command itself wrong (a list file that cannot be read)."""
+    problems = []
+    for arg in inputs:
+        if arg.startswith("@") and not Path(arg[1:]).is_file():
+            problems.append(f"{arg[1:]}: list file not found")
+    return problems

@@ -1,0 +1,230 @@
+"""A DICOM Structured Report (TID 1500 Measurement Report) of one film's result.
+
+Built with highdicom as a Comprehensive 3D SR in the source's study (same
+StudyInstanceUID, patient and study modules copied from the source header), new series.
+
+Content:
+- per landmark: a planar ROI measurement group (TID 1410) whose image region is an
+  SCOORD POINT on the source image, with the network confidence as a measurement and a
+  "low confidence, not used" qualitative evaluation when it was dropped;
+- per leg: a measurement group (TID 1501) with every computed value as a numeric item
+  in UCUM units (deg, mm, %), finding site lower limb with laterality, and the osteotomy
+  proposal (level, correction angle, gap).
+SR graphic data uses (column, row) with the pixel *corner* as origin: 0.5 is added to
+legalign's centre-origin coordinates.
+
+Concepts without a standard code use the private coding scheme ``99LEGALIGN``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import __version__
+
+SCHEME = "99LEGALIGN"
+MANUFACTURER = "legalign"
+
+# measurement key -> (code value, meaning, UCUM unit, unit meaning)
+MEASUREMENT_CODES: dict[str, tuple[str, str, str, str]] = {
+    "hka_deg": ("HKA", "Hip-knee-ankle angle (varus negative)", "deg", "degree"),
+    "mad_mm": ("MAD", "Mechanical axis deviation (medial positive)", "mm", "millimeter"),
+    "wbl_ratio_pct": ("WBLR", "Weight-bearing line ratio on tibial plateau", "%", "percent"),
+    "mldfa_deg": ("MLDFA", "Mechanical lateral distal femoral angle", "deg", "degree"),
+    "mpta_deg": ("MPTA", "Medial proximal tibial angle", "deg", "degree"),
+    "jlca_deg": ("JLCA", "Joint line convergence angle", "deg", "degree"),
+    "mlpfa_deg": ("MLPFA", "Mechanical lateral proximal femoral angle", "deg", "degree"),
+    "atfa_deg": ("ATFA", "Anatomical tibiofemoral angle", "deg", "degree"),
+    "ama_deg": ("AMA", "Anatomical-mechanical angle of the femur", "deg", "degree"),
+    "femur_length_mm": ("FEMLEN", "Femoral mechanical length", "mm", "millimeter"),
+    "tibia_length_mm": ("TIBLEN", "Tibial mechanical length", "mm", "millimeter"),
+    "leg_length_mm": ("LEGLEN", "Leg mechanical length", "mm", "millimeter"),
+}
+PLAN_CODES: dict[str, tuple[str, str, str, str]] = {
+    "correction_deg": ("OSTCORR", "Proposed osteotomy correction angle", "deg", "degree"),
+    "gap_mm": ("OSTGAP", "Proposed osteotomy wedge gap", "mm", "millimeter"),
+    "target_wbl_pct": ("OSTTGT", "Target weight-bearing line ratio", "%", "percent"),
+}
+LANDMARK_MEANINGS: dict[str, str] = {
+    "femoral_head": "Femoral head centre",
+    "femoral_condyle_medial": "Medial femoral condyle distal point",
+    "femoral_condyle_lateral": "Lateral femoral condyle distal point",
+    "tibial_plateau_medial": "Medial tibial plateau edge",
+    "tibial_plateau_lateral": "Lateral tibial plateau edge",
+    "knee_centre": "Knee centre",
+    "ankle_centre": "Ankle centre",
+    "greater_trochanter": "Greater trochanter tip",
+    "femoral_shaft_proximal": "Femoral shaft midpoint proximal",
+    "femoral_shaft_distal": "Femoral shaft midpoint distal",
+    "tibial_shaft_proximal": "Tibial shaft midpoint proximal",
+    "tibial_shaft_distal": "Tibial shaft midpoint distal",
+}
+_LANDMARK_VALUES = {
+    "femoral_head": "LM-FH",
+    "femoral_condyle_medial": "LM-FCM",
+    "femoral_condyle_lateral": "LM-FCL",
+    "tibial_plateau_medial": "LM-TPM",
+    "tibial_plateau_lateral": "LM-TPL",
+    "knee_centre": "LM-KC",
+    "ankle_centre": "LM-AC",
+    "greater_trochanter": "LM-GT",
+    "femoral_shaft_proximal": "LM-FSP",
+    "femoral_shaft_distal": "LM-FSD",
+    "tibial_shaft_proximal": "LM-TSP",
+    "tibial_shaft_distal": "LM-TSD",
+}
+
+
+def _code(value: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning)
+
+
+def _unit(ucum: str, meaning: str) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(value=ucum, scheme_designator="UCUM", meaning=meaning)
+
+
+def build_sr(
+    result: dict[str, Any],
+    source: Any,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    series_number: int = 9801,
+) -> Any:
+    """The SR dataset for an image result dict and its source DICOM header."""
+    import highdicom as hd
+    import numpy as np
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.sr.AlgorithmIdentification(name="legalign", version=__version__)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="legalign", manufacturer_name=MANUFACTURER
+        ),
+    )
+    context = hd.sr.ObservationContext(observer_device_context=observer)
+    source_region = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=source.SOPClassUID,
+        referenced_sop_instance_uid=source.SOPInstanceUID,
+    )
+    lower_limb = hd.sr.CodedConcept("61685007", "SCT", "Lower limb")
+    laterality = {
+        "right": hd.sr.CodedConcept("24028007", "SCT", "Right"),
+        "left": hd.sr.CodedConcept("7771000", "SCT", "Left"),
+    }
+    groups: list[Any] = []
+    for leg in result.get("legs") or []:
+        side = leg["side"]
+        site = hd.sr.FindingSite(anatomic_location=lower_limb, laterality=laterality[side])
+        for name, lm in (leg.get("landmarks") or {}).items():
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POINT,
+                graphic_data=np.array([[lm["x"] + 0.5, lm["y"] + 0.5]], dtype=float),
+                source_image=source_region,
+            )
+            measurements = []
+            if lm.get("confidence") is not None:
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=_code("LMCONF", "Landmark detection confidence"),
+                        value=float(lm["confidence"]),
+                        unit=_unit("1", "no units"),
+                        algorithm_id=algorithm,
+                    )
+                )
+            evaluations = []
+            if not lm.get("used", True):
+                evaluations.append(
+                    hd.sr.QualitativeEvaluation(
+                        name=_code("LMFLAG", "Landmark flag"),
+                        value=_code("LOWCONF", "Low confidence, not used for measurement"),
+                    )
+                )
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=hd.UID(), identifier=f"{side} {name}"
+                    ),
+                    referenced_region=region,
+                    finding_type=_code(_LANDMARK_VALUES[name], LANDMARK_MEANINGS[name]),
+                    finding_sites=[site],
+                    algorithm_id=algorithm,
+                    measurements=measurements or None,
+                    qualitative_evaluations=evaluations or None,
+                )
+            )
+        measurements = []
+        meas = leg.get("measurements") or {}
+        for key, (value, meaning, ucum, umeaning) in MEASUREMENT_CODES.items():
+            if meas.get(key) is not None:
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=_code(value, meaning),
+                        value=float(meas[key]),
+                        unit=_unit(ucum, umeaning),
+                        algorithm_id=algorithm,
+                    )
+                )
+        plan = leg.get("plan") or {}
+        for key, (value, meaning, ucum, umeaning) in PLAN_CODES.items():
+            if plan.get(key) is not None and plan.get("level"):
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=_code(value, meaning),
+                        value=float(plan[key]),
+                        unit=_unit(ucum, umeaning),
+                        algorithm_id=algorithm,
+                    )
+                )
+        evaluations = []
+        if meas.get("category"):
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(
+                    name=_code("ALIGNCAT", "Coronal alignment category"),
+                    value=_code(f"CAT-{meas['category'].upper()}", meas["category"]),
+                )
+            )
+        if plan.get("level"):
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(
+                    name=_code("OSTLEVEL", "Proposed osteotomy level (planning support only)"),
+                    value=_code(f"LVL-{plan['level']}", plan["level"]),
+                )
+            )
+        if measurements or evaluations:
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=hd.UID(), identifier=f"{side} leg alignment"
+                    ),
+                    finding_sites=[site],
+                    algorithm_id=algorithm,
+                    measurements=measurements or None,
+                    qualitative_evaluations=evaluations or None,
+                )
+            )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=hd.sr.CodedConcept("39714003", "SCT", "Skeletal X-ray of lower limb"),
+        imaging_measurements=groups or None,
+        referenced_images=None if groups else [source],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source],
+        content=report,
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )
+    sr.SeriesDescription = "legalign alignment measurements (planning support only)"
+    return sr
