@@ -16,6 +16,7 @@ from pipeline.errors import LegalignError
 
 COMMANDS: tuple[str, ...] = (
     "pipeline.commands.measure",
+    "pipeline.commands.train",
     "pipeline.commands.run",
 )
 
