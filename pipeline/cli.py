@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "pipeline.commands.measure",
     "pipeline.commands.train",
     "pipeline.commands.run",
+    "pipeline.commands.evaluate",
 )
 
 
