@@ -258,8 +258,9 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     return dict(obj.to_dict())
 
 
-def classify_error(exc: BaseException) -> str:
-    """Map an exception to one of FAILURE_REASONS."""
+def classify_error(exc: BaseException, path: str | None = None) -> str:
+    """Map an exception to one of FAILURE_REASONS (an explicit ``reason`` attribute
+    wins; otherwise the one-line message, without its leading file name, is read)."""
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason in FAILURE_REASONS:
         return reason
@@ -267,7 +268,10 @@ def classify_error(exc: BaseException) -> str:
         return "too_large"
     if not isinstance(exc, LegalignError):
         return "internal_error"
-    msg = str(exc).lower()
+    msg = str(exc)
+    if path and msg.startswith(f"{path}:"):
+        msg = msg[len(path) + 1 :]
+    msg = msg.lower()
     if "modality" in msg:
         return "wrong_modality"
     if any(w in msg for w in ("too large", "too big", "megapixel", "pixels exceed", "exceeds")):
@@ -288,7 +292,7 @@ def failed_result(path: str, exc: BaseException | str, reason: str | None = None
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, LegalignError):
             msg = f"{type(exc).__name__}: {msg}"
-        reason = reason or classify_error(exc)
+        reason = reason or classify_error(exc, str(path))
     else:
         msg = exc
         reason = reason or "internal_error"
@@ -320,74 +324,19 @@ def _centre_x(leg: LegLandmarks) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
-def _anatomical_medial_sign(leg: LegLandmarks) -> int | None:
-    """+1 if this leg's medial direction is +x in the image, judged from its own anatomy
-    (the greater trochanter lies lateral to the femoral head; the labelled medial
-    condyle / plateau edge lies medial to the lateral one); None when undecidable."""
-    votes = 0.0
-    p = leg.points
-    if GT in p and H in p:
-        votes += np.sign(p[H][0] - p[GT][0])
-    for med, lat in ((FCM, FCL), (TPM, TPL)):
-        if med in p and lat in p:
-            votes += 0.5 * np.sign(p[med][0] - p[lat][0])
-    if votes == 0:
-        return None
-    return 1 if votes > 0 else -1
-
-
-def assign_sides(legs: list[LegLandmarks], info: FilmInfo) -> tuple[list[LegLandmarks], str | None]:
-    """Name each leg right or left.
-
-    Order of evidence: DICOM orientation (``info.mirrored`` known: the leg on the viewer's
-    left is the patient's right on a standard film), then DICOM laterality for a
-    single-leg film ("R"/"L"), then anatomy (a standard AP display is assumed: the leg
-    whose medial side faces +x is a right leg; on a bilateral film, the leg nearer the
-    viewer's left).  Returns the relabelled legs and the source used.
-    """
+def side_source(legs: list[LegLandmarks], info: FilmInfo) -> str | None:
+    """Where the legs' right/left labels come from.  The locator names the sides: from
+    DICOM orientation (PatientOrientation) when the file has it, else from DICOM
+    laterality for a single-leg film, else from anatomy assuming a standard AP display
+    (the greater trochanter is lateral of the femoral head; on a bilateral film medial
+    is towards the other leg)."""
     if not legs:
-        return [], None
-    legs = sorted(legs, key=_centre_x)
+        return None
     if info.mirrored is not None:
-        mirrored = bool(info.mirrored)
-        if len(legs) >= 2:
-            sides = ["left", "right"] if mirrored else ["right", "left"]
-            return [_relabel(leg, s, mirrored) for leg, s in zip(legs[:2], sides, strict=True)], (
-                "dicom_orientation"
-            )
-        # one leg: which side of the patient is it?  Its anatomy gives medial in the
-        # image; with the display orientation known, medial +x means right on a
-        # standard film and left on a mirrored one.
-        sign = _anatomical_medial_sign(legs[0])
-        if info.laterality in ("R", "L"):
-            side = "right" if info.laterality == "R" else "left"
-            return [_relabel(legs[0], side, mirrored)], "dicom_laterality"
-        if sign is not None:
-            side = "right" if (sign > 0) != mirrored else "left"
-            return [_relabel(legs[0], side, mirrored)], "dicom_orientation+anatomy"
-        side = "right" if (_centre_x(legs[0]) < info.width / 2) != mirrored else "left"
-        return [_relabel(legs[0], side, mirrored)], "dicom_orientation+position"
+        return "dicom_orientation"
     if len(legs) == 1 and info.laterality in ("R", "L"):
-        side = "right" if info.laterality == "R" else "left"
-        sign = _anatomical_medial_sign(legs[0])
-        # medial +x for a right leg means a standard display
-        mirrored = False if sign is None else ((sign > 0) != (side == "right"))
-        return [_relabel(legs[0], side, mirrored)], "dicom_laterality"
-    if len(legs) >= 2:
-        return [_relabel(legs[0], "right", False), _relabel(legs[1], "left", False)], "anatomy"
-    sign = _anatomical_medial_sign(legs[0])
-    if sign is None:
-        side = "right" if _centre_x(legs[0]) < info.width / 2 else "left"
-        return [_relabel(legs[0], side, False)], "position"
-    return [_relabel(legs[0], "right" if sign > 0 else "left", False)], "anatomy"
-
-
-def _relabel(leg: LegLandmarks, side: str, mirrored: bool) -> LegLandmarks:
-    if leg.side == side and leg.mirrored == mirrored:
-        return leg
-    return LegLandmarks(
-        side=side, points=dict(leg.points), confidence=dict(leg.confidence), mirrored=mirrored
-    )
+        return "dicom_laterality"
+    return "anatomy"
 
 
 def _null_reason(
@@ -498,8 +447,9 @@ def result_from_legs(
         model=model_name,
         timings_s=dict(timings_s or {}),
     )
-    legs, side_source = assign_sides(list(legs), info)
-    leg_results = [build_leg(leg, info.spacing_mm, cfg, side_source) for leg in legs]
+    legs = sorted(legs, key=_centre_x)
+    source = side_source(legs, info)
+    leg_results = [build_leg(leg, info.spacing_mm, cfg, source) for leg in legs]
     if not any(lr.status != "failed" for lr in leg_results):
         n = len(leg_results)
         msg = (

@@ -275,12 +275,17 @@ def _panel(img: np.ndarray, result: dict[str, Any], x0: int) -> None:
             break
 
 
-def write_png(rgb: np.ndarray, path: Any) -> None:
-    """Write an RGB image as PNG."""
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB image."""
     import cv2
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_png(rgb: np.ndarray, path: Any) -> None:
+    """Write an RGB image as PNG."""
     with open(path, "wb") as fh:
-        fh.write(buf.tobytes())
+        fh.write(encode_png(rgb))

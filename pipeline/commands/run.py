@@ -1,0 +1,147 @@
+"""``legalign run``: the batch job over files, folders and path lists."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "run"
+HELP = (
+    "Locate landmarks, measure and plan every film in INPUTs (DICOM, PNG, JPEG, TIFF); "
+    "write a results table, per-image JSON, overlays, DICOM SR + Secondary Capture. "
+    "Re-running resumes. Exit 0: all files succeeded; 3: some failed; 2: usage error."
+)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a file, a folder (recursive) or a text file listing paths (@list or *.txt/.lst/.list)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; resumable)")
+    p.add_argument("--model", metavar="CKPT", help="locator checkpoint (default: models/weights/)")
+    p.add_argument(
+        "--config", metavar="FILE", help="geometry YAML merged over configs/geometry.yaml"
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes for decoding (default: CPU count)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the networks (default cpu)")
+    p.add_argument(
+        "--spacing",
+        type=_positive_float,
+        metavar="MM",
+        help="pixel spacing in mm for every input (overrides the files)",
+    )
+    p.add_argument(
+        "--require-spacing",
+        action="store_true",
+        help="a file without pixel spacing fails (reason no_spacing) instead of angles only",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="films per network batch in --mode main (default 8)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("auto", "worker", "main"),
+        default="auto",
+        help="where the networks run: in each worker (CPU default) or batched in "
+        "the main process (default with cuda); see docs/benchmarks.md",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=80_000_000,
+        metavar="N",
+        help="refuse films with more pixels (reason too_large; default 80e6)",
+    )
+    p.add_argument(
+        "--no-overlay", action="store_true", help="no overlay PNG (nor Secondary Capture)"
+    )
+    p.add_argument("--no-dicom", action="store_true", help="no DICOM SR / Secondary Capture")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, process again the files that failed before",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N newly processed files (trial runs, benchmarks)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pipeline.engine.inputs import check_inputs
+    from pipeline.engine.local import EngineOptions, run_local
+    from pipeline.errors import LegalignError
+
+    problems = check_inputs(args.inputs)
+    if problems:
+        raise LegalignError("; ".join(problems))
+    if args.device != "cpu" and not str(args.device).startswith("cuda"):
+        raise LegalignError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if str(args.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LegalignError("--device cuda: no CUDA device available")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LegalignError(f"{out}: --out exists and is not a folder")
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    opts = EngineOptions(
+        out_dir=out,
+        model=args.model,
+        config=args.config,
+        workers=workers,
+        device=args.device,
+        spacing_mm=args.spacing,
+        require_spacing=args.require_spacing,
+        max_pixels=args.max_pixels,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        overlay=not args.no_overlay,
+        dicom_outputs=not args.no_dicom,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+        limit=args.limit,
+    )
+    code, summary = run_local(args.inputs, opts)
+    print(summary.format_text())
+    print(f"results: {out / 'results.parquet'}, {out / 'results.csv'}, {out / 'summary.json'}")
+    return code

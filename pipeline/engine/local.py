@@ -1,0 +1,752 @@
+"""The local streaming engine behind ``legalign run``.
+
+Data flow (one machine)::
+
+    INPUTs --(lazy generator)--> [skip done / duplicate] --> worker pool --> main process
+                                                               |               |
+      mode "worker": read + normalise + locate + measure      |      journal (fsync)
+                     + plan + outputs, all in the worker      |      progress, summary
+      mode "main":   read + normalise + coarse input +         |
+                     thumbnail in the worker; both networks   |
+                     batched across films in the main         |
+                     process; measure + plan + outputs back   |
+                     in a worker                               |
+
+Only small objects cross process boundaries in both modes: paths, headers without
+pixel data, a reduced uint8 thumbnail for the overlay, the coarse network input
+(a few hundred kB), landmark lists and result dicts.  In mode "main" the decoded film,
+which the fine crops need at full resolution, is handed over through shared memory
+(one copy, no pickling) and released as soon as its crops are cut.
+
+Exactly once: a file is done when its journal line is durable (see journal.py).  Its
+outputs are written (atomically) *before* that line, so a re-run after a kill rewrites
+the outputs of unfinished files and skips finished ones.  The results table is rebuilt
+from the journal at the end of every run.
+
+Memory is bounded: at most ``max_in_flight`` files are between the input generator
+and the journal; nothing else grows with the archive except the set of finished-file
+digests that resume needs (8-byte keys).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.engine.inputs import expand_inputs
+from pipeline.engine.journal import Journal, file_key
+
+# Exit codes of `legalign run` (docs/results-schema.md)
+EXIT_OK = 0  # every file succeeded (status ok or partial)
+EXIT_USAGE = 2  # usage or configuration error: nothing was processed
+EXIT_SOME_FAILED = 3  # the run completed; at least one file failed (see its error_reason)
+EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C); re-run the same command to resume
+
+SUBDIRS = ("images", "overlays", "dicom")
+
+
+@dataclass
+class EngineOptions:
+    out_dir: Path
+    model: str | None = None
+    config: str | None = None
+    workers: int = 2
+    device: str = "cpu"
+    spacing_mm: float | None = None
+    require_spacing: bool = False
+    max_pixels: int = 80_000_000
+    batch_size: int = 8
+    mode: str = "auto"  # "worker", "main" or "auto" (main on cuda, worker on cpu)
+    overlay: bool = True
+    dicom_outputs: bool = True
+    overlay_height: int = 2048
+    retry_failed: bool = False
+    progress: bool = True
+    torch_threads: int | None = None
+    max_in_flight: int | None = None
+    limit: int | None = None  # stop after this many newly processed files (benchmarks)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "main" if str(self.device).startswith("cuda") else "worker"
+
+
+# =============================================================== worker side
+_W: dict[str, Any] = {}
+
+
+def _limit_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+    except Exception:  # noqa: BLE001 - cv2 optional here
+        pass
+
+
+def _init_worker(opts: EngineOptions, mode: str) -> None:
+    _limit_threads(1)
+    from pipeline.api import load_config
+
+    _W["opts"] = opts
+    _W["mode"] = mode
+    _W["cfg"] = load_config(opts.config)
+    if mode == "worker":
+        import torch
+
+        torch.set_num_threads(1)
+        from pipeline.api import load_locator
+
+        _W["locator"] = load_locator(opts.model, device="cpu")
+    else:
+        from models.checkpoint import load_checkpoint
+        from models.spec import LocatorSpec
+
+        _W["spec"] = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])
+
+
+def _read(path: str) -> Any:
+    from pipeline.errors import InputError
+    from pipeline.read import read_radiograph
+
+    opts: EngineOptions = _W["opts"]
+    rad = read_radiograph(path, spacing_override_mm=opts.spacing_mm, max_pixels=opts.max_pixels)
+    if opts.require_spacing and rad.spacing_mm is None:
+        err = InputError(f"{path}: no pixel spacing (mm outputs were asked: --require-spacing)")
+        err.reason = "no_spacing"  # type: ignore[attr-defined]
+        raise err
+    return rad
+
+
+def _header_only(rad: Any) -> Any:
+    header = getattr(rad, "header", None)
+    if header is not None and "PixelData" in header:
+        header = header.copy()
+        del header.PixelData
+    return header
+
+
+def _failure_dict(path: str, exc: BaseException | str, reason: str | None = None) -> dict[str, Any]:
+    from pipeline.api import failed_result
+
+    return failed_result(path, exc, reason).to_dict()
+
+
+def task_full(path: str) -> dict[str, Any]:
+    """Mode "worker": everything for one file; returns its result dict (outputs written)."""
+    from pipeline.api import FilmInfo, result_from_legs
+    from pipeline.outputs.overlay import thumbnail
+
+    opts: EngineOptions = _W["opts"]
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        rad = _read(path)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
+        d = _failure_dict(path, exc)
+        d["timings_s"] = {"read": round(time.perf_counter() - t0, 4)}
+        return _finish_outputs(d, None, None, opts)
+    t1 = time.perf_counter()
+    timings["read"] = t1 - t0
+    try:
+        thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
+        locator = _W["locator"]
+        legs = locator.locate(rad)
+        t2 = time.perf_counter()
+        timings["locate"] = t2 - t1
+        info = FilmInfo.from_radiograph(rad)
+        header = _header_only(rad)
+        del rad
+        result = result_from_legs(
+            info, legs, _W["cfg"], model_name=_model_name(opts), timings_s=timings
+        )
+        result.timings_s["measure"] = time.perf_counter() - t2
+        d = result.to_dict()
+    except Exception as exc:  # noqa: BLE001
+        d = _failure_dict(path, exc, "internal_error")
+        d["traceback_tail"] = traceback.format_exc(limit=-3)[-2000:]
+        return _finish_outputs(d, None, None, opts)
+    return _finish_outputs(d, header, thumb, opts)
+
+
+def _model_name(opts: EngineOptions) -> str:
+    return os.path.basename(opts.model) if opts.model else "default"
+
+
+@dataclass
+class Prepared:
+    """Mode "main": what a worker hands to the main process for one film."""
+
+    path: str
+    info: Any  # FilmInfo
+    header: Any
+    thumb: Any
+    coarse: Any  # float32 (1, Hc, Wc)
+    shm_name: str
+    shape: tuple[int, int]
+    timings: dict[str, float]
+
+
+def task_prepare(path: str) -> Prepared | dict[str, Any]:
+    """Mode "main": read, normalise, coarse input, thumbnail; the film goes to shared memory."""
+    import numpy as np
+
+    from pipeline.api import FilmInfo
+    from pipeline.outputs.overlay import thumbnail
+
+    opts: EngineOptions = _W["opts"]
+    t0 = time.perf_counter()
+    try:
+        rad = _read(path)
+    except Exception as exc:  # noqa: BLE001
+        d = _failure_dict(path, exc)
+        d["timings_s"] = {"read": round(time.perf_counter() - t0, 4)}
+        return _finish_outputs(d, None, None, opts)
+    t1 = time.perf_counter()
+    try:
+        helper = _SpecOnly(_W["spec"])
+        coarse = helper.coarse_input(rad)
+        thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
+        name = _to_shared(np.ascontiguousarray(rad.pixels, dtype=np.float32))
+        prepared = Prepared(
+            path=path,
+            info=FilmInfo.from_radiograph(rad),
+            header=_header_only(rad),
+            thumb=thumb,
+            coarse=coarse,
+            shm_name=name,
+            shape=(rad.height, rad.width),
+            timings={"read": t1 - t0, "prepare": time.perf_counter() - t1},
+        )
+        return prepared
+    except Exception as exc:  # noqa: BLE001
+        d = _failure_dict(path, exc, "internal_error")
+        return _finish_outputs(d, None, None, opts)
+
+
+def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Mode "main": measure, plan and write the outputs of one located film."""
+    from pipeline.api import result_from_legs
+
+    opts: EngineOptions = _W["opts"]
+    t0 = time.perf_counter()
+    try:
+        result = result_from_legs(
+            p.info, legs, _W["cfg"], model_name=_model_name(opts), timings_s=timings
+        )
+        result.timings_s["measure"] = time.perf_counter() - t0
+        d = result.to_dict()
+    except Exception as exc:  # noqa: BLE001
+        d = _failure_dict(p.path, exc, "internal_error")
+        return _finish_outputs(d, None, None, opts)
+    return _finish_outputs(d, p.header, p.thumb, opts)
+
+
+def _finish_outputs(
+    d: dict[str, Any], header: Any, thumb: Any, opts: EngineOptions
+) -> dict[str, Any]:
+    """Write overlay, SR, SC (each failure recorded, not fatal), then the JSON last."""
+    from pipeline.outputs.image_json import (
+        atomic_write_bytes,
+        output_stem,
+        safe_join,
+        write_image_json,
+    )
+
+    out = Path(opts.out_dir)
+    stem = output_stem(d["file"])
+    outputs: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    t0 = time.perf_counter()
+    rgb = None
+    if opts.overlay and thumb is not None:
+        try:
+            from pipeline.outputs.overlay import encode_png, render_overlay
+
+            rgb = render_overlay(d, thumb)
+            target = safe_join(out, "overlays", f"{stem}.png")
+            atomic_write_bytes(target, encode_png(rgb))
+            outputs["overlay"] = f"overlays/{stem}.png"
+        except Exception as exc:  # noqa: BLE001
+            errors["overlay"] = _one_line(exc)
+    if opts.dicom_outputs and header is not None and d.get("status") != "failed":
+        import highdicom as hd
+
+        # deterministic UIDs per (source SOP instance, kind): a re-run replaces, not adds
+        src_uid = str(getattr(header, "SOPInstanceUID", d["file"]))
+        try:
+            from pipeline.outputs.dicom_sr import build_sr
+
+            sr = build_sr(
+                d,
+                header,
+                series_instance_uid=_uid(src_uid, "sr-series"),
+                sop_instance_uid=_uid(src_uid, "sr"),
+            )
+            target = safe_join(out, "dicom", f"{stem}_sr.dcm")
+            _save_dataset(sr, target)
+            outputs["sr"] = f"dicom/{stem}_sr.dcm"
+        except Exception as exc:  # noqa: BLE001
+            errors["sr"] = _one_line(exc)
+        if rgb is not None:
+            try:
+                from pipeline.outputs.dicom_sc import build_sc
+
+                sc = build_sc(
+                    rgb,
+                    header,
+                    series_instance_uid=_uid(src_uid, "sc-series"),
+                    sop_instance_uid=_uid(src_uid, "sc"),
+                )
+                target = safe_join(out, "dicom", f"{stem}_sc.dcm")
+                _save_dataset(sc, target)
+                outputs["sc"] = f"dicom/{stem}_sc.dcm"
+            except Exception as exc:  # noqa: BLE001
+                errors["sc"] = _one_line(exc)
+        del hd
+    outputs["json"] = f"images/{stem}.json"
+    d["outputs"] = outputs
+    if errors:
+        d["output_errors"] = errors
+    d.setdefault("timings_s", {})["write"] = round(time.perf_counter() - t0, 4)
+    write_image_json(d, safe_join(out, "images", f"{stem}.json"))
+    return d
+
+
+def _uid(src_uid: str, kind: str) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["legalign", src_uid, kind])
+
+
+def _save_dataset(ds: Any, target: Path) -> None:
+    import io
+
+    from pipeline.outputs.image_json import atomic_write_bytes
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    atomic_write_bytes(target, buf.getvalue())
+
+
+def _one_line(exc: BaseException) -> str:
+    s = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {s[0] if s else ''}"[:300]
+
+
+# ----------------------------------------------------------- shared memory
+def _to_shared(arr: Any) -> str:
+    from multiprocessing import resource_tracker, shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=max(1, arr.nbytes))
+    try:
+        import numpy as np
+
+        view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=shm.buf)
+        view[...] = arr
+        del view
+        name = shm.name
+    finally:
+        shm.close()
+    # the main process owns it from here (it unlinks it after cutting the crops)
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        pass
+    return name
+
+
+class _Shared:
+    """A film in shared memory, attached in the main process; unlinked on release."""
+
+    def __init__(self, name: str, shape: tuple[int, int]) -> None:
+        from multiprocessing import shared_memory
+
+        import numpy as np
+
+        self.shm = shared_memory.SharedMemory(name=name)
+        self.array = np.ndarray(shape, dtype=np.float32, buffer=self.shm.buf)
+
+    def release(self) -> None:
+        self.array = None
+        try:
+            self.shm.close()
+        finally:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _release_shared(name: str) -> None:
+    from multiprocessing import shared_memory
+
+    try:
+        shm = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class _SpecOnly:
+    """The locator's geometric helpers without its networks (usable in a worker):
+    ``coarse_input``, ``coarse_matrix``, ``crop_matrices``, ``fine_inputs`` only read
+    ``self.spec``."""
+
+    def __init__(self, spec: Any) -> None:
+        from pipeline.locate import Locator
+
+        self.spec = spec
+        self._cls = Locator
+
+    def coarse_matrix(self, height: int, width: int) -> Any:
+        return self._cls.coarse_matrix(self, height, width)  # type: ignore[arg-type]
+
+    def coarse_input(self, rad: Any) -> Any:
+        return self._cls.coarse_input(self, rad)  # type: ignore[arg-type]
+
+
+# =============================================================== main side
+@dataclass
+class _Item:
+    path: str
+    key: int
+    attempts: int = 0
+
+
+class LocalEngine:
+    def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
+        from pipeline.outputs.summary import RunSummary
+
+        self.inputs = list(inputs)
+        self.opts = opts
+        self.mode = opts.resolved_mode()
+        self.out = Path(opts.out_dir)
+        self.journal = Journal(self.out)
+        self.summary = RunSummary()
+        self.in_flight: dict[Future, tuple[str, Any]] = {}
+        self.quarantine: deque[_Item] = deque()
+        self.ready: list[tuple[_Item, Prepared]] = []
+        self.locator: Any = None
+        self.bar: Any = None
+        self.processed = 0
+        self.failed_this_run = 0
+
+    # ------------------------------------------------------------ setup
+    def _prepare_out(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for sub in SUBDIRS:
+            (self.out / sub).mkdir(exist_ok=True)
+        # temporary files of a killed run (atomic writes never completed)
+        for folder in (self.out, *(self.out / s for s in SUBDIRS)):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file():
+                    os.unlink(entry.path)
+        self.journal.repair()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
+        return ProcessPoolExecutor(
+            max_workers=max(1, self.opts.workers),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(self.opts, self.mode),
+        )
+
+    # ------------------------------------------------------------ run
+    def run(self) -> int:
+        from pipeline.api import load_config
+
+        opts = self.opts
+        load_config(opts.config)  # a bad config is a usage error before any work
+        self._prepare_out()
+        done = self.journal.done_keys(include_failed=not opts.retry_failed)
+        if self.mode == "main":
+            import torch
+
+            from pipeline.api import load_locator
+
+            if opts.torch_threads:
+                torch.set_num_threads(opts.torch_threads)
+            self.locator = load_locator(opts.model, device=opts.device)
+        else:
+            from models.checkpoint import load_checkpoint
+
+            load_checkpoint(opts.model)  # a missing checkpoint is a usage error, up front
+        start = time.perf_counter()
+        self._start_progress(len(done))
+        seen: set[int] = set()
+        max_in_flight = opts.max_in_flight or max(4, 3 * opts.workers + 2 * opts.batch_size)
+        pool = self._new_pool()
+        gen = expand_inputs(self.inputs, exclude=[self.out])
+        exhausted = False
+        interrupted = False
+        try:
+            while True:
+                # feed
+                while not exhausted and self._feedable() and len(self.in_flight) < max_in_flight:
+                    if (
+                        opts.limit is not None
+                        and self.processed + len(self.in_flight) + len(self.ready) >= opts.limit
+                    ):
+                        exhausted = True
+                        break
+                    try:
+                        path = next(gen)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    key = file_key(path)
+                    if key in done:
+                        self.summary.skipped_done += 1
+                        continue
+                    if key in seen:
+                        self.summary.skipped_duplicate += 1
+                        continue
+                    seen.add(key)
+                    self._submit(pool, _Item(path, key))
+                while self.quarantine and not self.in_flight:
+                    self._submit(pool, self.quarantine.popleft())
+                if (
+                    self.mode == "main"
+                    and self.ready
+                    and (
+                        len(self.ready) >= opts.batch_size
+                        or (
+                            exhausted
+                            and not any(k == "prepare" for k, _ in self.in_flight.values())
+                        )
+                        or not self.in_flight
+                    )
+                ):
+                    self._infer_ready(pool)
+                    continue
+                if not self.in_flight:
+                    if exhausted and not self.quarantine and not self.ready:
+                        break
+                    continue
+                finished, _ = wait(list(self.in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
+                broken = False
+                for fut in finished:
+                    kind, payload = self.in_flight.pop(fut)
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        self._suspect(kind, payload)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+                        self._record(_failure_dict(_item_path(payload), exc, "internal_error"))
+                        continue
+                    self._handle(pool, kind, payload, res)
+                if broken:
+                    for kind, payload in list(self.in_flight.values()):
+                        self._suspect(kind, payload)
+                    self.in_flight.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = self._new_pool()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
+            for _, p in self.ready:
+                _release_shared(p.shm_name)
+            self.journal.close()
+            if self.bar is not None:
+                self.bar.close()
+        self.summary.elapsed_s = time.perf_counter() - start
+        self.summary.processed_this_run = self.processed
+        self._write_results()
+        if interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+
+    def _feedable(self) -> bool:
+        # while suspects of a worker crash are retried one at a time, feed nothing else
+        return not self.quarantine
+
+    def _submit(self, pool: ProcessPoolExecutor, item: _Item) -> None:
+        fn = task_full if self.mode == "worker" else task_prepare
+        kind = "full" if self.mode == "worker" else "prepare"
+        self.in_flight[pool.submit(fn, item.path)] = (kind, item)
+
+    def _suspect(self, kind: str, payload: Any) -> None:
+        """A worker died while this file was in flight: retry it alone; a file that
+        kills a worker when it is the only one in flight is recorded as the cause."""
+        item: _Item = payload if kind in ("full", "prepare") else payload[0]
+        item.attempts += 1
+        if item.attempts >= 2:
+            self._record(
+                _failure_dict(
+                    item.path,
+                    "worker process died while processing this file (decoder crash or out of memory)",
+                    "worker_crashed",
+                )
+            )
+        else:
+            self.quarantine.append(item)
+
+    def _handle(self, pool: ProcessPoolExecutor, kind: str, payload: Any, res: Any) -> None:
+        if kind == "prepare" and isinstance(res, Prepared):
+            self.ready.append((payload, res))
+            return
+        self._record(res)
+
+    def _infer_ready(self, pool: ProcessPoolExecutor) -> None:
+        """Mode "main": both networks batched over the ready films."""
+        import numpy as np
+
+        batch, self.ready = self.ready[: self.opts.batch_size], self.ready[self.opts.batch_size :]
+        loc = self.locator
+        t0 = time.perf_counter()
+        shared = [_Shared(p.shm_name, p.shape) for _, p in batch]
+        try:
+            rads = [_radiograph_view(p, s.array) for (_, p), s in zip(batch, shared, strict=True)]
+            heat = loc.predict_coarse(np.stack([p.coarse for _, p in batch]))
+            coarse = [loc.decode_coarse(heat[i], rg) for i, rg in enumerate(rads)]
+            legs_all = None
+            for it in range(loc.spec.fine_iterations):
+                inputs = [loc.fine_inputs(rg, c) for rg, c in zip(rads, coarse, strict=True)]
+                counts = [len(fi.items) for fi in inputs]
+                fheat = loc.predict_fine(np.concatenate([fi.crops for fi in inputs], axis=0))
+                per = (
+                    np.split(fheat, np.cumsum(counts)[:-1]) if len(fheat) else [fheat] * len(inputs)
+                )
+                if it + 1 < loc.spec.fine_iterations:
+                    coarse = [
+                        loc._recentre(c, fi, fh)
+                        for c, fi, fh in zip(coarse, inputs, per, strict=True)
+                    ]
+                else:
+                    legs_all = [
+                        loc.decode_fine(c, fi, fh)
+                        for c, fi, fh in zip(coarse, inputs, per, strict=True)
+                    ]
+        except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
+            for s in shared:
+                s.release()
+            for item, p in batch:
+                p.header = p.thumb = None
+                self._record(_failure_dict(item.path, exc, "internal_error"))
+            return
+        for s in shared:
+            s.release()
+        dt = (time.perf_counter() - t0) / max(1, len(batch))
+        for (item, p), legs in zip(batch, legs_all or [], strict=True):
+            timings = dict(p.timings)
+            timings["locate"] = dt
+            fut = pool.submit(task_finish, _strip(p), legs, timings)
+            self.in_flight[fut] = ("finish", (item, p))
+
+    # ------------------------------------------------------------ results
+    def _record(self, d: dict[str, Any]) -> None:
+        """Journal one finished file (durable), then count it."""
+        from pipeline.outputs.image_json import dumps
+
+        self.journal.append(d, dumps(d, indent=None))
+        self.processed += 1
+        for stage, secs in (d.get("timings_s") or {}).items():
+            self.summary.add_timing(stage, secs)
+        if d.get("status") == "failed":
+            self.failed_this_run += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.failed_this_run:
+                self.bar.set_postfix(failed=self.failed_this_run, refresh=False)
+
+    def _write_results(self) -> None:
+        import json
+
+        from pipeline.outputs.image_json import atomic_write_bytes
+        from pipeline.outputs.table import write_tables
+
+        stats = self.summary
+
+        def counted():
+            for rec in self.journal.latest_records():
+                stats.add_result(rec)
+                yield rec
+
+        stats.rows = write_tables(counted(), self.out)
+        atomic_write_bytes(
+            self.out / "summary.json",
+            (json.dumps(stats.to_dict(), indent=2) + "\n").encode("utf-8"),
+        )
+
+    # ------------------------------------------------------------ progress
+    def _start_progress(self, n_done: int) -> None:
+        if not self.opts.progress:
+            return
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=None,
+            unit="film",
+            desc="legalign run",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0.5 if tty else 30.0,
+        )
+        bar, inputs, out = self.bar, self.inputs, self.out
+
+        def count() -> None:
+            # total for the ETA: a second lazy walk that only counts (no listing kept)
+            try:
+                n = sum(1 for _ in expand_inputs(inputs, exclude=[out]))
+                bar.total = max(0, n - n_done)
+                bar.refresh()
+            except Exception:  # noqa: BLE001 - the ETA is a nicety
+                pass
+
+        threading.Thread(target=count, daemon=True).start()
+
+
+def _item_path(payload: Any) -> str:
+    return payload.path if isinstance(payload, _Item) else payload[0].path
+
+
+def _strip(p: Prepared) -> Prepared:
+    """What task_finish needs (no coarse array, no shared memory)."""
+    return Prepared(p.path, p.info, p.header, p.thumb, None, "", p.shape, p.timings)
+
+
+def _radiograph_view(p: Prepared, pixels: Any) -> Any:
+    from pipeline.radiograph import Radiograph
+
+    i = p.info
+    return Radiograph(
+        path=i.path,
+        pixels=pixels,
+        spacing_mm=i.spacing_mm,
+        spacing_source=i.spacing_source,
+        mirrored=i.mirrored,
+        laterality=i.laterality,
+        modality=i.modality,
+    )
+
+
+def run_local(inputs: list[str], opts: EngineOptions) -> tuple[int, Any]:
+    """Run the engine; returns (exit code, RunSummary)."""
+    engine = LocalEngine(inputs, opts)
+    code = engine.run()
+    return code, engine.summary

@@ -1,0 +1,110 @@
+"""The run summary: counts, failures by reason, throughput, written as summary.json and
+printed as text.  Counts are over the whole results (this run and resumed earlier ones);
+throughput is for the files processed in this invocation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    files_total: int = 0  # distinct files in the results
+    files_ok: int = 0
+    files_partial: int = 0
+    files_failed: int = 0
+    legs_total: int = 0
+    legs_by_status: Counter = field(default_factory=Counter)
+    failures_by_reason: Counter = field(default_factory=Counter)
+    processed_this_run: int = 0
+    skipped_done: int = 0  # already in the results from an earlier run (resume)
+    skipped_duplicate: int = 0  # listed more than once in the inputs
+    elapsed_s: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_counts: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+    def add_result(self, d: dict[str, Any]) -> None:
+        self.files_total += 1
+        status = d.get("status")
+        if status == "ok":
+            self.files_ok += 1
+        elif status == "partial":
+            self.files_partial += 1
+        else:
+            self.files_failed += 1
+            self.failures_by_reason[d.get("error_reason") or "unknown"] += 1
+        for leg in d.get("legs") or []:
+            self.legs_total += 1
+            self.legs_by_status[leg.get("status") or "unknown"] += 1
+
+    def add_timing(self, stage: str, seconds: float, count: int = 1) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + float(seconds)
+        self.stage_counts[stage] = self.stage_counts.get(stage, 0) + int(count)
+
+    @property
+    def files_per_s(self) -> float | None:
+        if self.processed_this_run == 0 or self.elapsed_s <= 0:
+            return None
+        return self.processed_this_run / self.elapsed_s
+
+    def to_dict(self) -> dict[str, Any]:
+        per_stage = {
+            k: {
+                "seconds_total": round(v, 3),
+                "films": self.stage_counts.get(k, 0),
+                "seconds_per_film": round(v / self.stage_counts[k], 4)
+                if self.stage_counts.get(k)
+                else None,
+            }
+            for k, v in sorted(self.stage_seconds.items())
+        }
+        fps = self.files_per_s
+        return {
+            "files_total": self.files_total,
+            "files_ok": self.files_ok,
+            "files_partial": self.files_partial,
+            "files_failed": self.files_failed,
+            "failures_by_reason": dict(sorted(self.failures_by_reason.items())),
+            "legs_total": self.legs_total,
+            "legs_by_status": dict(sorted(self.legs_by_status.items())),
+            "processed_this_run": self.processed_this_run,
+            "skipped_already_done": self.skipped_done,
+            "skipped_duplicate_inputs": self.skipped_duplicate,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "files_per_s": None if fps is None else round(fps, 3),
+            "stages": per_stage,
+            "table_rows": self.rows,
+        }
+
+    def format_text(self) -> str:
+        d = self.to_dict()
+        lines = [
+            f"files: {d['files_total']} in results ({d['files_ok']} ok, {d['files_partial']} partial, "
+            f"{d['files_failed']} failed); legs: {d['legs_total']} "
+            + (
+                "(" + ", ".join(f"{k} {v}" for k, v in d["legs_by_status"].items()) + ")"
+                if d["legs_by_status"]
+                else ""
+            ),
+            f"this run: {d['processed_this_run']} processed, {d['skipped_already_done']} already done, "
+            f"{d['skipped_duplicate_inputs']} duplicate inputs skipped, {d['elapsed_s']:.1f} s"
+            + (f", {d['files_per_s']:.2f} files/s" if d["files_per_s"] is not None else ""),
+        ]
+        if d["failures_by_reason"]:
+            lines.append(
+                "failures by reason: "
+                + ", ".join(f"{k} {v}" for k, v in d["failures_by_reason"].items())
+            )
+        if d["stages"]:
+            lines.append(
+                "stage time per film: "
+                + ", ".join(
+                    f"{k} {v['seconds_per_film']:.3f} s"
+                    for k, v in d["stages"].items()
+                    if v["seconds_per_film"] is not None
+                )
+            )
+        return "\n".join(lines)
