@@ -1,0 +1,167 @@
+"""Readers: DICOM (pydicom 3 + plugins), PNG, JPEG and TIFF -> ``Radiograph``.
+
+- ``read_radiograph(path, *, spacing_override_mm=None, max_pixels=80_000_000)`` decodes one
+  film into the ``Radiograph`` seam (float32 [0, 1], bone bright, spacing with its source,
+  orientation, laterality and DICOM identity).
+- ``probe(path)`` is the fast header-only check for batch planning: it never raises for a
+  bad file and returns a dict (``ok``, ``error``, ``kind``, ``width``, ``height``, ...).
+- ``check_input(path)`` runs the same header checks and raises ``InputError``.
+
+The file kind comes from the content (magic bytes), not the extension.  Every failure is an
+``InputError`` with one line that names the file.  Heavy libraries (pydicom, cv2,
+tifffile, Pillow) are imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.errors import InputError
+from pipeline.radiograph import Radiograph
+
+DEFAULT_MAX_PIXELS = 80_000_000
+KINDS = ("dicom", "png", "jpeg", "tiff")
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "InputError",
+    "KINDS",
+    "check_input",
+    "detect_kind",
+    "probe",
+    "read_radiograph",
+]
+
+
+def _path(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+def detect_kind(path: str | os.PathLike[str]) -> str:
+    """ "dicom", "png", "jpeg" or "tiff" from the file's first bytes; ``InputError`` otherwise."""
+    from pipeline.read.dicom import has_preamble, looks_like_raw_dicom
+    from pipeline.read.raster import raster_kind
+
+    p = _path(path)
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a directory, not an image file")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot open ({type(exc).__name__})") from None
+    if not head:
+        raise InputError(f"{p}: empty file")
+    if has_preamble(head):
+        return "dicom"
+    kind = raster_kind(head)
+    if kind is not None:
+        return kind
+    if looks_like_raw_dicom(head):
+        return "dicom"
+    if len(head) < 132 and head.startswith(b"\0" * len(head)):
+        raise InputError(f"{p}: truncated file ({len(head)} bytes)")
+    raise InputError(f"{p}: not a DICOM, PNG, JPEG or TIFF file")
+
+
+def read_radiograph(
+    path: str | os.PathLike[str],
+    *,
+    spacing_override_mm: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Radiograph:
+    """Decode one film; ``InputError`` (one line naming the file) when it cannot be used."""
+    p = _path(path)
+    kind = detect_kind(p)
+    if kind == "dicom":
+        from pipeline.read.dicom import read_dicom
+
+        return read_dicom(p, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
+    from pipeline.read.raster import read_raster
+
+    return read_raster(p, kind, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
+
+
+def _blank_info(path: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "ok": True,
+        "error": None,
+        "kind": None,
+        "width": None,
+        "height": None,
+        "modality": None,
+        "bits_stored": None,
+        "transfer_syntax": None,
+        "sop_instance_uid": None,
+        "spacing_mm": None,
+        "spacing_source": None,
+    }
+
+
+def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
+    """Fill ``info`` from the header, raising ``InputError`` at the first problem."""
+    info["kind"] = kind = detect_kind(p)
+    if kind == "dicom":
+        from pipeline.read.dicom import check_header, read_header
+        from pipeline.read.spacing import resolve_spacing
+
+        header = read_header(p)
+        ds = header.ds
+        meta = getattr(ds, "file_meta", None)
+        tsuid = meta.get("TransferSyntaxUID") if meta is not None else None
+        try:
+            info.update(
+                modality=str(ds.get("Modality", "") or "").strip().upper() or None,
+                width=int(ds.Columns) if ds.get("Columns") is not None else None,
+                height=int(ds.Rows) if ds.get("Rows") is not None else None,
+                bits_stored=int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
+                transfer_syntax=str(tsuid) if tsuid else None,
+                sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
+            )
+        except Exception as exc:
+            raise InputError(f"{p}: corrupt DICOM header ({type(exc).__name__})") from None
+        check_header(header, p, max_pixels)
+        info["spacing_mm"], info["spacing_source"] = resolve_spacing(ds, p)
+    else:
+        from pipeline.read.raster import raster_header
+
+        header = raster_header(p, kind)
+        width, height = header["width"], header["height"]
+        info.update(width=width, height=height, bits_stored=header["bits"])
+        if width * height > max_pixels:
+            raise InputError(
+                f"{p}: image too large ({width} x {height} = {width * height} pixels > "
+                f"max_pixels {max_pixels})"
+            )
+
+
+def check_input(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Header-only checks (readable, kind, image, modality, size, spacing tags) that raise
+    ``InputError``; returns the same dict as ``probe`` for a usable file."""
+    p = _path(path)
+    info = _blank_info(p)
+    _inspect(p, max_pixels, info)
+    return info
+
+
+def probe(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Fast header check that never raises for a bad file.
+
+    Returns ``path``, ``ok``, ``error`` (one line naming the file, or None), ``kind``
+    (dicom/png/jpeg/tiff or None), ``width``, ``height``, ``modality``, ``bits_stored``,
+    ``transfer_syntax``, ``sop_instance_uid``, ``spacing_mm`` and ``spacing_source``
+    (what was read before a failure stays filled in).  Pixel data is not decoded, so a
+    corrupt codestream only shows in ``read_radiograph``.
+    """
+    p = _path(path)
+    info = _blank_info(p)
+    try:
+        _inspect(p, max_pixels, info)
+    except InputError as exc:
+        info["ok"] = False
+        info["error"] = str(exc)
+    return info
