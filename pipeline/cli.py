@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "pipeline.commands.train",
     "pipeline.commands.run",
     "pipeline.commands.evaluate",
+    "pipeline.commands.export",
     "pipeline.commands.synth",
 )
 
