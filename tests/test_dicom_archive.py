@@ -72,15 +72,18 @@ def _dciodvfy() -> str | None:
     return exe
 
 
-def _validate(path) -> list[str]:
-    """dciodvfy's Error lines for ``path`` (skips the test when dciodvfy is absent)."""
+def _validate(path) -> tuple[list[str], list[str]]:
+    """dciodvfy's (Error, Warning) lines for ``path`` (skips when dciodvfy is absent)."""
     exe = _dciodvfy()
     if exe is None:
         pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
     res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     lines = (res.stdout + res.stderr).splitlines()
     assert any(ln.strip() in ("DXImageForPresentation", "CRImage") for ln in lines), lines
-    return [ln for ln in lines if ln.startswith("Error")]
+    return (
+        [ln for ln in lines if ln.startswith("Error")],
+        [ln for ln in lines if ln.startswith("Warning")],
+    )
 
 
 # modality x photometric x bits x syntax is 48 small files (about a second); the spacing
@@ -115,7 +118,13 @@ def test_write_read_back_pixel_exact_and_valid(
     np.testing.assert_array_equal(arr, expected.astype(np.uint16))
     np.testing.assert_array_equal(arr, stored_pixel_array(film, opts))
 
-    assert _validate(path) == []
+    errors, warnings = _validate(path)
+    assert errors == []
+    if modality == "CR" and spacing_tags == "imager+magnification":
+        # ERMF is not in the CR IOD: a Standard Extended SOP Class, warned, not an error.
+        assert warnings and all("Standard" in w or "not present" in w for w in warnings)
+    else:
+        assert warnings == []
 
 
 def test_headers_orientation_laterality_names(tmp_path):
@@ -256,6 +265,7 @@ def test_random_options_valid_and_varied():
         assert {getattr(o, field_name) for o in drawn} == set(values), field_name
     assert all(1.05 <= o.magnification <= 1.2 for o in drawn)
     assert not any(o.modality == "DX" and o.spacing_tags == "pixel" for o in drawn)
+    assert not any(o.modality == "CR" and o.spacing_tags == "imager+magnification" for o in drawn)
     again = [random_dicom_options(np.random.default_rng(0)) for _ in range(1)]
     assert again[0] == drawn[0]
 
@@ -276,3 +286,20 @@ def test_constant_image_gets_full_range_window(tmp_path):
     assert ds.ImageLaterality == "B"
     assert float(ds.WindowWidth) > 1000
     np.testing.assert_array_equal(pixel_array(ds), film.image)
+
+
+def test_generated_films_valid_and_exact(tmp_path):
+    """Films from the real generator, with random options: exact and dciodvfy-clean."""
+    synth = pytest.importorskip("training.synth")
+    if not hasattr(synth, "generate_film"):
+        pytest.skip("training.synth.generate_film not available")
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        film = synth.generate_film(i, size="small")
+        opts = random_dicom_options(rng)
+        path = tmp_path / f"g{i}.dcm"
+        write_film_dicom(path, film, opts, index=i, seed=2)
+        np.testing.assert_array_equal(pixel_array(path), stored_pixel_array(film, opts))
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert list(ds.PatientOrientation)[0] == ("R" if film.mirrored else "L")
+        assert _validate(path) == ([], [])

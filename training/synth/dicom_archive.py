@@ -23,7 +23,11 @@ docs/clinical-geometry.md ("Calibration") should report for a file.
 
 DX carries ImagerPixelSpacing as a Type 1 attribute (DX Detector module), so
 ``spacing_tags="pixel"`` (PixelSpacing only) is valid for CR only; asking for it with DX
-raises ``ValueError`` and ``random_dicom_options`` never draws it.
+raises ``ValueError`` and ``random_dicom_options`` never draws it.  The CR IOD has no
+EstimatedRadiographicMagnificationFactor (DX has it in DX Positioning): CR with
+``"imager+magnification"`` is written on request (some vendors do it) and then draws two
+dciodvfy *warnings* (Standard Extended SOP Class), no errors; ``random_dicom_options``
+does not draw it.
 """
 
 from __future__ import annotations
@@ -110,7 +114,9 @@ def random_dicom_options(rng: np.random.Generator) -> DicomOptions:
     photometric = "MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2"
     bits = int(rng.choice(BITS_STORED))
     syntax = str(rng.choice(TRANSFER_SYNTAXES))
-    choices = SPACING_TAGS if modality == "CR" else SPACING_TAGS[1:]
+    # CR: no EstimatedRadiographicMagnificationFactor (it is not in the CR IOD; dciodvfy
+    # calls such files Standard Extended).  DX: no PixelSpacing-only (invalid).
+    choices = ("pixel", "imager", "both") if modality == "CR" else SPACING_TAGS[1:]
     spacing_tags = str(rng.choice(choices))
     magnification = round(float(rng.uniform(1.05, 1.2)), 3)
     return DicomOptions(
