@@ -101,17 +101,36 @@ class FilmDataset(Sequence):
         return image
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF/BMP as float32 H x W in [0, 1] (bone bright as stored).
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
-    8-bit images are divided by 255, 16-bit by 65535, float images are clipped to [0, 1].
-    Colour images are converted to grey.  Raises ``InputError`` naming the file.
+
+def load_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
+    """Read a PNG/JPEG/TIFF/BMP or DICOM file as float32 H x W in [0, 1], bone bright.
+
+    Raster files: 8-bit images are divided by 255; 16-bit ones by ``2**bits_stored - 1``
+    when ``bits_stored`` is given (e.g. the synthetic generator's 12-16-bit PNGs, whose
+    COCO image records carry ``bits_stored``), else by 65535; float images are clipped to
+    [0, 1]; colour is converted to grey.  The grey values are taken as stored (bone
+    bright is assumed).  DICOM files go through ``pipeline.read`` (modality LUT, VOI
+    window, MONOCHROME1 inverted).  Raises ``InputError`` naming the file.
     """
     import cv2
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: image file not found")
+    if _is_dicom(path):
+        from pipeline.read import read_radiograph
+
+        return np.ascontiguousarray(read_radiograph(path).pixels, dtype=np.float32)
     data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if image is None:
@@ -126,7 +145,10 @@ def load_image(path: str | Path) -> np.ndarray:
     if image.dtype == np.uint8:
         out = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
-        out = image.astype(np.float32) / 65535.0
+        if bits_stored is not None and not 8 <= int(bits_stored) <= 16:
+            raise InputError(f"{path}: bits_stored must be 8-16, got {bits_stored!r}")
+        scale = float(2 ** int(bits_stored) - 1) if bits_stored else 65535.0
+        out = np.clip(image.astype(np.float32) / scale, 0.0, 1.0)
     elif np.issubdtype(image.dtype, np.floating):
         out = np.clip(image.astype(np.float32), 0.0, 1.0)
     else:

@@ -4,9 +4,9 @@ One COCO *image* is one film; each *annotation* on it is one leg.  Keys read:
 
 - categories: ``keypoints`` (landmark names; every name must be one of
   ``pipeline.landmarks.LANDMARK_NAMES``, in any order, a subset is allowed).
-- images: ``id``, ``file_name`` (relative to ``image_root``), ``width``, ``height``,
-  optional ``pixel_spacing_mm`` (float) and ``mirrored`` (bool), as written by the
-  synthetic generator.
+- images: ``id``, ``file_name`` (relative to ``image_root``; PNG/JPEG/TIFF or DICOM),
+  ``width``, ``height``, optional ``pixel_spacing_mm`` (float), ``mirrored`` (bool) and
+  ``bits_stored`` (int, scales 16-bit PNGs), as written by ``legalign synth``.
 - annotations: ``image_id``, ``category_id``, ``keypoints`` (flat ``[x, y, v, ...]``,
   pixel-centre convention), ``side`` (``"right"``/``"left"``; required).  ``v = 0``
   means "not labelled": the landmark is absent from ``LegLandmarks.points``;
@@ -112,6 +112,9 @@ class CocoKeypointDataset(FilmDataset):
             path = self.image_root / img["file_name"]
             if check_files and not path.is_file():
                 raise InputError(f"{path}: image file not found (listed in {f})")
+            bits = img.get("bits_stored")
+            if bits is not None and not (isinstance(bits, int) and 8 <= bits <= 16):
+                raise InputError(f"{where}: 'bits_stored' must be an integer 8-16, got {bits!r}")
             mirrored = img.get("mirrored")
             if mirrored is not None and not isinstance(mirrored, bool):
                 raise InputError(f"{where}: 'mirrored' must be true/false, got {mirrored!r}")
@@ -121,6 +124,7 @@ class CocoKeypointDataset(FilmDataset):
                 "height": height,
                 "spacing_mm": check_spacing(img.get("pixel_spacing_mm"), where),
                 "mirrored": mirrored,
+                "bits_stored": bits,
                 "legs": [],
                 "image_id": img["id"],
             }
@@ -169,7 +173,7 @@ class CocoKeypointDataset(FilmDataset):
 
     def _load(self, index: int) -> AnnotatedFilm:
         rec = self._records[index]
-        image = self._cached_image(index, lambda: load_image(rec["path"]))
+        image = self._cached_image(index, lambda: load_image(rec["path"], rec["bits_stored"]))
         check_image_shape(image, rec["width"], rec["height"], str(rec["path"]))
         if rec["width"] is None:  # no declared size: check the points against the pixels
             check_points_in_image(rec["legs"], image, f"{self.ann_file}: {rec['path'].name}")

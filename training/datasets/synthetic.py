@@ -4,7 +4,8 @@ Film ``i`` of ``SyntheticDataset(n, seed=s)`` is ``generate_film(s + i, ...)``, 
 dataset is reproducible and two datasets with disjoint seed ranges never share a film
 (e.g. train ``seed=0``, validation ``seed=1_000_000``).  With ``spacing_range=(lo, hi)``
 the spacing of film ``i`` is drawn uniformly from it with a generator seeded by
-``s + i``; otherwise the generator picks its own.  The uint16 image is converted to
+``s + i``; otherwise the generator picks its own.  ``distractors=False`` asks the
+generator for films without ruler, markers, implants, collimation and mirroring.  The uint16 image is converted to
 float32 in [0, 1] by dividing by ``2**bits_stored - 1``.
 """
 
@@ -48,6 +49,7 @@ class SyntheticDataset(FilmDataset):
         spacing_range: tuple[float, float] | None = None,
         legs: str = "both",
         cache: bool = False,
+        distractors: bool = True,
         generator=None,
     ) -> None:
         super().__init__(cache=cache)
@@ -67,6 +69,7 @@ class SyntheticDataset(FilmDataset):
         self.size = size
         self.spacing_range = spacing_range
         self.legs = legs
+        self.distractors = bool(distractors)
         self._generator = generator  # injectable for tests; default training.synth
 
     def __len__(self) -> int:
@@ -79,10 +82,17 @@ class SyntheticDataset(FilmDataset):
         return float(np.random.default_rng([seed, 0x5BAC]).uniform(lo, hi))
 
     def _generate(self, seed: int) -> Any:
+        kwargs: dict[str, Any] = {
+            "size": self.size,
+            "legs": self.legs,
+            "spacing_mm": self.spacing_for(seed),
+        }
         gen = self._generator
         if gen is None:
             from training.synth import generate_film as gen
-        return gen(seed, size=self.size, legs=self.legs, spacing_mm=self.spacing_for(seed))
+        if not self.distractors:
+            kwargs["distractors"] = False
+        return gen(seed, **kwargs)
 
     def _load(self, index: int) -> AnnotatedFilm:
         seed = self.seed + index
