@@ -215,3 +215,84 @@ def test_cli_evaluate_reports_missing_checkpoint(tmp_path):
     args = parser.parse_args([str(tmp_path / "none.pt"), str(ann), "--spacing", "-1"])
     with pytest.raises(InputError, match="--spacing must be positive"):
         cmd.run(args)
+
+
+@pytest.mark.slow
+def test_evaluate_command_runs_a_real_locator(tmp_path, capsys):
+    """Plumbing with a small random locator: predictions are poor, the report is whole."""
+    import argparse
+
+    import cv2
+
+    torch = pytest.importorskip("torch")
+    from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
+    from models.spec import LocatorSpec
+    from pipeline.commands import evaluate as cmd
+
+    net = {"arch": "resnet18_fpn", "depth": 2, "out_stride": 4, "head_channels": 16, "sigma": 1.5}
+    spec = LocatorSpec.from_dict(
+        {
+            "coarse_height": 256,
+            "coarse_width": 128,
+            "coarse_landmarks": ["femoral_head", "knee_centre", "ankle_centre"],
+            "coarse_net": net,
+            "fine_size": 64,
+            "fine_landmarks": ["femoral_head", "knee_centre", "ankle_centre"],
+            "fine_net": {**net, "out_stride": 2},
+            "crops": [
+                {
+                    "name": "knee",
+                    "anchors": ["knee_centre"],
+                    "weights": [1.0],
+                    "side": 0.3,
+                    "landmarks": ["knee_centre"],
+                }
+            ],
+            "peak_threshold": 0.01,
+            "fine_iterations": 1,
+        }
+    )
+    torch.manual_seed(0)
+    coarse, fine = build_nets(spec)
+    save_checkpoint(make_checkpoint(spec, coarse, fine), tmp_path / "c.pt")
+    leg = _right_leg()
+    kp = []
+    for n in LANDMARK_NAMES:
+        kp += [*leg.points[n], 2]
+    images, anns = [], []
+    for i in range(2):
+        cv2.imwrite(
+            str(tmp_path / f"{i}.png"),
+            (np.random.default_rng(i).random((900, 400)) * 255).astype(np.uint8),
+        )
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 400, "height": 900})
+        anns.append(
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "side": "right", "keypoints": kp}
+        )
+    doc = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 1, "keypoints": list(LANDMARK_NAMES)}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            str(tmp_path / "c.pt"),
+            str(tmp_path / "a.json"),
+            "--out",
+            str(tmp_path / "o"),
+            "--spacing",
+            "0.5",
+        ]
+    )
+    assert cmd.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "knee_centre" in printed and "failures:" in printed
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["n_films"] == 2 and report["n_legs"] == 2
+    assert report["n_films_assumed_spacing"] == 2
+    assert report["n_failures"] >= 1  # a random network does not find these landmarks
+    assert (tmp_path / "o" / "bland_altman_hka.png").stat().st_size > 0
+    assert (tmp_path / "o" / "error_histogram.png").stat().st_size > 0
