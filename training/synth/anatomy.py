@@ -49,9 +49,9 @@ LENGTH_KEYS = ("femur_length_mm", "tibia_length_mm")
 # Attenuation per mm (roughly 60-80 kVp, relative to air): cortical bone, cancellous
 # bone, fatty marrow, soft tissue (water), implant metal.
 MU_CORTEX = 0.050
-MU_CANCELLOUS = 0.022
+MU_CANCELLOUS = 0.013
 MU_MARROW = 0.010
-MU_SOFT = 0.020
+MU_SOFT = 0.016
 MU_METAL = 0.60
 
 
@@ -191,7 +191,7 @@ class LegShape:
         return LegShape(
             scale=float(scale),
             femoral_inclination_deg=float(rng.uniform(-1.0, 5.0)),
-            ama_deg=float(np.clip(rng.normal(6.0, 1.0), 3.5, 9.0)),
+            ama_deg=float(np.clip(rng.normal(5.6, 0.8), 4.0, 7.5)),
             nsa_deg=float(np.clip(rng.normal(129.0, 4.5), 117.0, 142.0)),
             head_radius=float(scale * rng.normal(23.5, 1.2)),
             condylar_width=float(scale * rng.normal(80.0, 4.0)),
@@ -295,15 +295,15 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
     femur.append(Tube(H.copy(), neck_end, 0.66 * rh, 0.78 * rh, 0.14 * sh.cortex, cx, ci, 0.9))
     # shaft: three collinear tubes, wide at the ends, narrow mid-shaft
     Sd = Kax + a_up * (40.0 * s)
-    Su = N0 + a_up * (4.0 * s)
+    Su = N0 + a_up * (8.0 * s)
     Sm1 = Sd + (Su - Sd) * 0.33
     Sm2 = Sd + (Su - Sd) * 0.7
-    rd, rm, ru = 16.5 * s, 13.2 * s, 16.0 * s
+    rd, rm, ru = 0.3 * wc, 13.2 * s, 21.0 * s
     cf = min(0.55, 0.42 * sh.cortex)
     shaft = [
-        Tube(Sd, Sm1, rd, rm, cf * 0.7, cx, mi, 1.05),
+        Tube(Sd, Sm1, rd, rm, cf * 0.6, cx, mi, 1.05, cf),
         Tube(Sm1, Sm2, rm, rm * 1.02, cf, cx, mi, 1.05),
-        Tube(Sm2, Su, rm * 1.02, ru, cf * 0.75, cx, mi, 1.05),
+        Tube(Sm2, Su, rm * 1.02, ru, cf, cx, mi, 1.05, cf * 0.6, caps=False),
     ]
     femur += shaft
     # intertrochanteric mass, trochanters
@@ -319,11 +319,20 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             ci,
         )
     )
+
+    # The trochanter tip must be the most proximal femur point lateral to the shaft:
+    # keep it 3 mm above every other part's outline there.
+    def axis_x(y):
+        return Kax[0] + (y - Kax[1]) * a_up[0] / a_up[1]
+
+    others = np.concatenate([p.outline() for p in femur[1:]])
+    lateral = others[others[:, 0] < axis_x(others[:, 1]) - 5.0 * s]
     gt_y = H[1] + sh.gt_drop
-    # x of the anatomical axis at height gt_y
-    ax_x = Kax[0] + (gt_y - Kax[1]) * a_up[0] / a_up[1]
+    if lateral.size:
+        gt_y = min(gt_y, float(lateral[:, 1].min()) - 3.0 * s)
+    ax_x = axis_x(gt_y)
     T = _v(ax_x - sh.gt_lateral, gt_y)
-    bg = 27.0 * s
+    bg = 32.0 * s
     femur.append(Ellipsoid(T + _v(0, bg), _v(1, 0), 15.0 * s, bg, 20.0 * s, 1.4 * s, cx, ci))
     med = -lat_up
     femur.append(
@@ -352,7 +361,20 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
     e_ta = np.array([-t_dir[1], t_dir[0]])  # lateral at the ankle
     tibia: list[Primitive] = []
     tibia.append(
-        Ellipsoid(Pmid.copy(), e_t, wp / 2, 36.0 * s, 0.3 * wp, 1.5 * s, cx, ci, keep=n_t.copy())
+        Ellipsoid(Pmid.copy(), e_t, wp / 2, 30.0 * s, 0.3 * wp, 1.1 * s, cx, ci, keep=n_t.copy())
+    )
+    tibia.append(  # metaphysis: a cone from under the plateau into the shaft
+        Tube(
+            Pmid + n_t * (15.0 * s),
+            Pmid + t_dir * (55.0 * s),
+            0.42 * wp,
+            15.5 * s,
+            0.05,
+            cx,
+            ci,
+            0.75,
+            caps=False,
+        )
     )
     # subchondral plate along the plateau, just inside the outline
     tibia.append(
@@ -364,7 +386,7 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             0.0,
             cx,
             cx,
-            12.0,
+            6.0,
         )
     )
     for sgn in (-1.0, 1.0):  # tibial spines
@@ -387,8 +409,8 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
     T1 = A - t_dir * (32.0 * s)
     ct = min(0.55, 0.4 * sh.cortex)
     tshaft = [
-        Tube(T0, Tm, 19.0 * s, 11.5 * s, ct * 0.8, cx, mi, 0.95),
-        Tube(Tm, T1, 11.5 * s, 13.5 * s, ct, cx, mi, 0.95),
+        Tube(T0, Tm, 19.0 * s, 11.5 * s, ct * 0.45, cx, mi, 0.95, ct),
+        Tube(Tm, T1, 11.5 * s, 13.5 * s, ct, cx, mi, 0.95, ct * 0.6),
     ]
     tibia += tshaft
     wa = 35.0 * s  # distal tibial width at the plafond
@@ -404,7 +426,7 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             0.0,
             cx,
             cx,
-            10.0,
+            5.0,
         )
     )
     # medial malleolus: widest at its centre level, exactly reaching the plafond width
@@ -489,13 +511,13 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
     pelvis: list[Primitive] = [
         Arc(H.copy(), rh + 3.5 * s, 2.6 * s, up_lat, math.radians(70.0), cx, 3.0),
         Ellipsoid(
-            H + _v(6, -4) * s, _v(1, 0), rh + 13 * s, rh + 13 * s, 10.0 * s, 2.0 * s, cx, ci
-        ),  # acetabular walls
+            H + _v(14, -6) * s, _v(0, 1), rh + 14 * s, rh + 4 * s, 9.0 * s, 2.0 * s, cx, ci
+        ),  # acetabular walls / teardrop region
         Ellipsoid(
-            H + _v(-16, -88) * s,
+            H + _v(-8, -72) * s,
             _rot(_v(1, 0), -math.radians(22.0)),
-            78.0 * s,
-            62.0 * s,
+            72.0 * s,
+            58.0 * s,
             8.0 * s,
             2.2 * s,
             cx,
@@ -507,18 +529,20 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
     ]
     soft: list[Primitive] = []
     fat = sh.fat
-    thigh_top = H + _v(-22, -50) * s
-    soft.append(Tube(thigh_top, K - _v(0, 25) * s, 92 * s * fat, 54 * s * fat, 0.0, 0.0, MU_SOFT))
-    knee_low = K + t_dir * (45 * s)
-    soft.append(Tube(K - _v(0, 30) * s, knee_low, 55 * s * fat, 50 * s * fat, 0.0, 0.0, MU_SOFT))
-    calf = K + t_dir * (0.4 * Lt)
-    soft.append(Tube(knee_low, calf, 50 * s * fat, 58 * s * fat, 0.0, 0.0, MU_SOFT))
-    soft.append(Tube(calf, A - t_dir * (50 * s), 58 * s * fat, 34 * s * fat, 0.0, 0.0, MU_SOFT))
+    chain = [  # (point, radius) along the limb; spheres at the joints avoid notches
+        (H + _v(-22, -50) * s, 92 * s * fat),
+        (K - _v(0, 30) * s, 56 * s * fat),
+        (K + t_dir * (45 * s), 50 * s * fat),
+        (K + t_dir * (0.4 * Lt), 57 * s * fat),
+        (A - t_dir * (50 * s), 34 * s * fat),
+        (A + t_dir * (30 * s), 33 * s * min(fat, 1.15)),
+    ]
+    for (p0, r0), (p1, r1) in zip(chain[:-1], chain[1:], strict=True):
+        soft.append(Tube(p0, p1, r0, r1, 0.0, 0.0, MU_SOFT))
+    for p0, r0 in chain[1:-1]:
+        soft.append(Ellipsoid(p0, _v(1, 0), r0, r0, r0, 0.0, MU_SOFT, MU_SOFT))
     soft.append(
-        Tube(A - t_dir * (50 * s), A + t_dir * (25 * s), 34 * s * fat, 33 * s, 0.0, 0.0, MU_SOFT)
-    )
-    soft.append(
-        Ellipsoid(A + t_dir * (52 * s), e_ta, 48 * s, 42 * s, 60 * s, 0.0, MU_SOFT, MU_SOFT)
+        Ellipsoid(A + t_dir * (52 * s), e_ta, 52 * s, 34 * s, 42 * s, 0.0, MU_SOFT, MU_SOFT)
     )
 
     bones = {

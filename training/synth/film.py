@@ -144,7 +144,7 @@ def _implants(leg: LegModel, rng: np.random.Generator) -> tuple[list[Primitive],
                     0.36 * wc,
                     4.5,
                     MU_METAL,
-                    MU_METAL * 0.15,
+                    MU_METAL * 0.45,
                     keep=n_f.copy(),
                 )
             )
@@ -392,6 +392,7 @@ def generate_film(
         x_lo, x_hi = hips["left"][0] - m_med, hips["left"][0] + m_lat[1]
     top_margin = float(lay.uniform(95, 175)) * scale
     bottom_margin = float(lay.uniform(60, 105)) * scale
+    mirrored = bool(lay.random() < 0.15) and distractors
     y_top = min(hips[s_][1] for s_ in sides) - top_margin
     y_bot = max(hips[s_][1] + float(models[s_].landmarks["ankle_centre"][1]) for s_ in sides)
     y_bot += bottom_margin
@@ -405,6 +406,12 @@ def generate_film(
 
     # ---------------------------------------------------------------- render
     tex_rng = _rng(seed, _S_EXPOSE)
+    # cancellous texture: band-limited noise, about a millimetre grain
+    cell = 0.9 / sp
+    th, tw = max(int(H / cell), 4), max(int(W / cell), 4)
+    tex = cv2.GaussianBlur(tex_rng.standard_normal((th, tw)).astype(np.float32), (0, 0), 0.8)
+    tex = _resize_to(tex / (tex.std() + 1e-6), shape)
+    tex_amp = float(tex_rng.uniform(0.05, 0.12))
     bone = np.zeros(shape, np.float32)
     soft_prims: list[Primitive] = []
     metal_prims: list[Primitive] = []
@@ -418,7 +425,7 @@ def generate_film(
             prims = list(prims)
             if name == "pelvis" and legs == "both":
                 prims += pubis(hip_half, m.shape.scale)
-            buf, box = render_group([pl.prim(p) for p in prims], shape)
+            buf, box = render_group([pl.prim(p) for p in prims], shape, tex, tex_amp)
             if buf is None:
                 continue
             bone[box[1] : box[3], box[0] : box[2]] += buf
@@ -444,33 +451,30 @@ def generate_film(
     soft_prims.append(pelvis_soft.scaled(sp))
     if legs == "both":  # sacrum
         sac = Ellipsoid(
-            np.array([xm - x_lo, -75.0 * scale - y_top]),
+            np.array([xm - x_lo, -95.0 * scale - y_top]),
             np.array([0.0, 1.0]),
-            80.0 * scale,
-            48.0 * scale,
-            28.0 * scale,
+            75.0 * scale,
+            42.0 * scale,
+            16.0 * scale,
             2.0 * scale,
             MU_CORTEX,
-            0.02,
+            0.012,
         )
-        buf, box = render_group([sac.scaled(sp)], shape)
+        buf, box = render_group([sac.scaled(sp)], shape, tex, tex_amp)
         if buf is not None:
             bone[box[1] : box[3], box[0] : box[2]] += buf
     bone_cols = np.flatnonzero(bone.max(axis=0) > 0.05)
-    # cancellous texture: band-limited noise, a few mm grain
-    cell = 1.6 / sp
-    th, tw = max(int(H / cell), 4), max(int(W / cell), 4)
-    tex = cv2.GaussianBlur(tex_rng.standard_normal((th, tw)).astype(np.float32), (0, 0), 0.8)
-    tex = _resize_to(tex / (tex.std() + 1e-6), shape)
-    bone *= 1.0 + float(tex_rng.uniform(0.05, 0.14)) * tex
     soft_buf, box = render_group(soft_prims, shape)
     L = bone
     if soft_buf is not None:
         L[box[1] : box[3], box[0] : box[2]] += soft_buf
+    metal_mask = None
     if metal_prims:
         buf, box = render_group(metal_prims, shape)
         if buf is not None:
             L[box[1] : box[3], box[0] : box[2]] += buf
+            metal_mask = np.zeros(shape, bool)
+            metal_mask[box[1] : box[3], box[0] : box[2]] = buf > 0.05
 
     dis_rng = _rng(seed, _S_DISTRACT)
     distractors_used: list[dict] = []
@@ -496,10 +500,16 @@ def generate_film(
     scale_noise = np.exp(0.5 * np.minimum(v, 7.0))
     v = v + noise * scale_noise * ex.standard_normal(shape, dtype=np.float32)
     # processing: dynamic range compression + mild edge enhancement
-    drc = float(ex.uniform(0.35, 0.7))
+    drc = float(ex.uniform(0.5, 0.8))
     v = v - drc * _lowpass(v, float(ex.uniform(25, 45)) / sp)
-    sub = v[:: max(H // 400, 1), :: max(W // 200, 1)]
-    lo, hi = np.percentile(sub, [float(ex.uniform(0.2, 3.0)), float(ex.uniform(99.3, 99.95))])
+    step_y, step_x = max(H // 400, 1), max(W // 200, 1)
+    sub = v[::step_y, ::step_x]
+    if metal_mask is not None:  # the window is set by anatomy, not by implants
+        sub = sub[~metal_mask[::step_y, ::step_x]]
+    lo, hi = (
+        float(q)
+        for q in np.percentile(sub, [float(ex.uniform(0.2, 3.0)), float(ex.uniform(99.3, 99.95))])
+    )
     t = np.clip((v - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     t **= float(ex.uniform(0.75, 1.25))
     t = float(ex.uniform(0.0, 0.04)) + float(ex.uniform(0.85, 0.96)) * t
@@ -533,7 +543,7 @@ def generate_film(
     image = np.round(t * (2**bits - 1)).astype(np.uint16)
 
     # ---------------------------------------------------------------- labels
-    mirrored = bool(distractors and ex.random() < 0.15)
+
     leg_objs = []
     align_out: dict[str, dict] = {}
     for side in sides:

@@ -1,13 +1,16 @@
 """Projected solids: the X-ray line integral of simple 3-D shapes, rasterised in 2-D.
 
 Every primitive is the parallel projection of a solid (ellipsoid, tapered cylinder,
-torus segment) onto the film.  ``path(x, y)`` returns the attenuation line integral
-(unitless, mu * length) at pixel centres; a cortical shell is a denser outer layer of
-thickness ``shell`` around a less dense interior (medulla / cancellous bone), so a
-shaft shows the bright cortical edges of a real radiograph.
+torus segment) onto the film.  ``path(x, y)`` returns, at pixel centres, three line
+integrals (unitless, mu * length): cortex density times the outer chord, cortex density
+times the chord of the shell-less interior, and interior density times that chord.  The
+attenuation of one part alone is ``outer - inner + interior``: a cortical shell is a
+denser outer layer of thickness ``shell`` around a less dense interior (medulla /
+cancellous bone), so a shaft shows the bright cortical edges of a real radiograph.
+``render_group`` combines the parts of one bone into one solid.
 
 Geometry is stored in whatever unit the caller uses (mm in the anatomy module, pixels
-after ``to_pixels``).  ``mirror`` reflects about x = 0, ``moved`` translates: the
+after ``scaled(spacing)``).  ``mirror`` reflects about x = 0, ``moved`` translates: the
 anatomy is built once in a leg's canonical frame (X medial, Y distal) and mapped onto
 the film by a reflection, a translation and a scale.
 """
@@ -78,11 +81,12 @@ class Ellipsoid:
             inner = 2.0 * di * np.sqrt(np.maximum(1.0 - qi, 0.0))
         else:
             inner = np.zeros_like(outer)
-        out = self.mu_c * (outer - inner) + self.mu_i * inner
         if self.keep is not None:
             kx, ky = float(self.keep[0]), float(self.keep[1])
-            out = np.where(dx * kx + dy * ky >= 0.0, out, 0.0)
-        return out
+            k = dx * kx + dy * ky >= 0.0
+            outer = np.where(k, outer, 0.0)
+            inner = np.where(k, inner, 0.0)
+        return self.mu_c * outer, self.mu_c * inner, self.mu_i * inner
 
     def mirror(self) -> Ellipsoid:
         return replace(
@@ -125,6 +129,8 @@ class Tube:
     mu_c: float
     mu_i: float
     depth_k: float = 1.0
+    shell_frac1: float | None = None  # cortical fraction at p1 (default: shell_frac)
+    caps: bool = True  # rounded (hemispherical) ends; False: flat ends
 
     def bbox(self) -> tuple[float, float, float, float]:
         r = max(self.r0, self.r1)
@@ -138,9 +144,15 @@ class Tube:
         n = np.array([-u[1], u[0]])
         return [(self.p0 + s * self.r0 * n, self.p1 + s * self.r1 * n) for s in (1.0, -1.0)]
 
-    def outline(self, n: int = 64) -> np.ndarray:
+    def outline(self, n: int = 256) -> np.ndarray:
         (a0, a1), (b0, b1) = self.sides()
-        return np.array([a0, a1, b1, b0])
+        t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
+        ring = np.stack([np.cos(t), np.sin(t)], axis=1)
+        corners = np.array([a0, a1, b1, b0])
+        if not self.caps:
+            return corners
+        caps = np.concatenate([self.p0 + self.r0 * ring, self.p1 + self.r1 * ring])
+        return np.concatenate([corners, caps])
 
     def path(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         d = self.p1 - self.p0
@@ -150,12 +162,21 @@ class Tube:
         dy = y - float(self.p0[1])
         s = (dx * ux + dy * uy) / length
         dist = -dx * uy + dy * ux
-        r = float(self.r0) + float(self.r1 - self.r0) * np.clip(s, 0.0, 1.0)
-        outer = np.sqrt(np.maximum(r * r - dist * dist, 0.0))
-        ri = r * (1.0 - self.shell_frac)
-        inner = np.sqrt(np.maximum(ri * ri - dist * dist, 0.0))
-        out = 2.0 * self.depth_k * (self.mu_c * (outer - inner) + self.mu_i * inner)
-        return np.where((s >= 0.0) & (s <= 1.0), out, 0.0)
+        sc = np.minimum(np.maximum(s, 0.0), 1.0)
+        r = float(self.r0) + float(self.r1 - self.r0) * sc
+        # rounded (hemispherical) ends: beyond p0 / p1 the distance to the end point
+        if self.caps:
+            along = (s - sc) * length
+            d2 = dist * dist + along * along
+        else:
+            d2 = np.where((s >= 0.0) & (s <= 1.0), dist * dist, np.float32(1e30))
+        outer = np.sqrt(np.maximum(r * r - d2, 0.0))
+        f0 = float(self.shell_frac)
+        f1 = f0 if self.shell_frac1 is None else float(self.shell_frac1)
+        ri = r * (1.0 - f0) if f1 == f0 else r * (1.0 - (f0 + (f1 - f0) * sc))
+        inner = np.sqrt(np.maximum(ri * ri - d2, 0.0))
+        k = 2.0 * self.depth_k
+        return (k * self.mu_c) * outer, (k * self.mu_c) * inner, (k * self.mu_i) * inner
 
     def mirror(self) -> Tube:
         return replace(
@@ -211,7 +232,8 @@ class Arc:
         mx, my = float(self.mid[0]), float(self.mid[1])
         cosang = (dx * mx + dy * my) / np.maximum(rho, 1e-9)
         chord = 2.0 * self.depth_k * np.sqrt(np.maximum(self.t**2 - (rho - self.radius) ** 2, 0.0))
-        return np.where(cosang >= np.cos(self.half_angle), self.mu * chord, 0.0)
+        out = np.where(cosang >= np.cos(self.half_angle), self.mu * chord, 0.0)
+        return out, np.zeros_like(out), np.zeros_like(out)
 
     def mirror(self) -> Arc:
         return replace(
@@ -229,14 +251,19 @@ Primitive = Ellipsoid | Tube | Arc
 
 
 def render_group(
-    prims: list[Primitive], shape: tuple[int, int], combine: str = "max"
+    prims: list[Primitive],
+    shape: tuple[int, int],
+    texture: np.ndarray | None = None,
+    texture_amp: float = 0.0,
 ) -> tuple[np.ndarray | None, tuple[int, int, int, int]]:
-    """Rasterise primitives (pixel units) into a local buffer over their joint bbox.
+    """Rasterise one bone (or one material) over its primitives' joint bbox.
 
-    Returns ``(buffer, (x0, y0, x1, y1))`` with the buffer covering rows y0:y1 and
+    Returns ``(buffer, (x0, y0, x1, y1))``: the line integral over rows y0:y1 and
     columns x0:x1 of an image of ``shape`` (H, W), or ``(None, ...)`` when off-image.
-    Primitives of one bone are combined with ``max`` (an approximation of the union's
-    projection); different bones are summed by the caller.
+    The primitives are treated as one solid: outer chords, inner (shell-less) chords and
+    interior attenuation are each combined by ``max``, so a cortex shows only where no
+    other part's interior covers it (the outline of the union), not at internal seams.
+    ``texture`` (same shape as the image) modulates the interior: cancellous grain.
     """
     h, w = shape
     boxes = np.array([p.bbox() for p in prims])
@@ -246,7 +273,7 @@ def render_group(
     y1 = min(int(np.ceil(boxes[:, 3].max())) + 1, h)
     if x1 <= x0 or y1 <= y0:
         return None, (0, 0, 0, 0)
-    buf = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    bufs = [np.zeros((y1 - y0, x1 - x0), dtype=np.float32) for _ in range(3)]
     for p in prims:
         bx0, by0, bx1, by1 = p.bbox()
         px0 = max(int(np.floor(bx0)), x0)
@@ -257,10 +284,12 @@ def render_group(
             continue
         xs = np.arange(px0, px1, dtype=np.float32)[None, :]
         ys = np.arange(py0, py1, dtype=np.float32)[:, None]
-        val = p.path(xs, ys).astype(np.float32, copy=False)
-        sub = buf[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0]
-        if combine == "max":
-            np.maximum(sub, val, out=sub)
-        else:
-            sub += val
-    return buf, (x0, y0, x1, y1)
+        for buf, val in zip(bufs, p.path(xs, ys), strict=True):
+            sub = buf[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0]
+            np.maximum(sub, val.astype(np.float32, copy=False), out=sub)
+    outer, inner, interior = bufs
+    if texture is not None and texture_amp:
+        interior *= 1.0 + texture_amp * texture[y0:y1, x0:x1]
+    outer -= inner
+    outer += interior
+    return outer, (x0, y0, x1, y1)
