@@ -199,9 +199,8 @@ def panel_lines(result: dict[str, Any]) -> list[tuple[str, tuple[int, int, int]]
     name = str(result.get("file") or "").replace("\\", "/").rsplit("/", 1)[-1]
     lines.append((f"legalign  {name[:40]}", WHITE))
     sp = result.get("spacing_mm")
-    lines.append(
-        (f"spacing {_fmt(sp, ' mm/px', 4)} ({result.get('spacing_source') or 'none'})", GREY)
-    )
+    lines.append((f"spacing {_fmt(sp, ' mm/px', 4)}", GREY))
+    lines.append((f" from {result.get('spacing_source') or 'none'}"[:60], GREY))
     if result.get("status") == "failed":
         lines.append((f"FAILED: {result.get('error_reason')}", RED))
         lines.append((str(result.get("error") or "")[:60], RED))

@@ -1,0 +1,273 @@
+"""Outputs of `legalign run`: table, per-image JSON, overlay, DICOM SR and SC, summary.
+
+Built from a synthetic film's ground-truth landmarks (with hand-set confidences), so the
+values are known; the locator is not involved here (see test_engine.py for that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.api import FilmInfo, load_config, result_from_legs
+from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+
+
+@pytest.fixture(scope="module")
+def synth_dicom(tmp_path_factory):
+    """A small synthetic bilateral film written as DICOM; (path, film, header, pixels)."""
+    import pydicom
+
+    from pipeline.read import read_radiograph
+    from training.synth.dicom_archive import DicomOptions, write_film_dicom
+    from training.synth.film import generate_film
+
+    film = generate_film(
+        11,
+        size="small",
+        legs="both",
+        alignment={"right": {"hka_deg": -8.0, "mpta_deg": 82.0, "jlca_deg": 1.0}},
+    )
+    path = tmp_path_factory.mktemp("src") / "film.dcm"
+    write_film_dicom(
+        path, film, DicomOptions(modality="DX", transfer_syntax="explicit"), index=5, seed=9
+    )
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    rad = read_radiograph(path)
+    return path, film, header, rad
+
+
+def _result(rad, film, low=None, conf=0.9):
+    legs = []
+    for leg in film.legs:
+        c = {n: conf for n in leg.points}
+        if low and leg.side == low[0]:
+            c[low[1]] = low[2]
+        legs.append(LegLandmarks(leg.side, dict(leg.points), c, leg.mirrored))
+    info = FilmInfo.from_radiograph(rad)
+    return result_from_legs(info, legs, load_config(), model_name="test")
+
+
+def _dciodvfy_errors(path: Path) -> list[str] | None:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dciodvfy (dicom3tools) is required when CI=true")
+        return None
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")]
+
+
+# ----------------------------------------------------------------- table
+def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
+    import pandas as pd
+
+    from pipeline.outputs.table import COLUMN_NAMES, write_tables
+
+    _, film, _, rad = synth_dicom
+    ok = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()
+    failed = {
+        "file": "/x/bad.dcm",
+        "status": "failed",
+        "error_reason": "unreadable",
+        "error": "boom",
+        "legs": [],
+    }
+    n = write_tables([ok, failed], tmp_path)
+    assert n == 3
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert tuple(df.columns) == COLUMN_NAMES
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert tuple(csv.columns) == COLUMN_NAMES and len(csv) == 3
+    right = df[df.side == "right"].iloc[0]
+    left = df[df.side == "left"].iloc[0]
+    assert right.sop_instance_uid == rad.sop_instance_uid
+    for name in LANDMARK_NAMES:
+        assert np.isfinite(right[f"{name}_x"]) and right[f"{name}_conf"] == pytest.approx(0.9)
+    assert right.hka_deg == pytest.approx(-8.0, abs=0.05)
+    assert right.spacing_source == rad.spacing_source
+    assert left.status == "partial" and left.low_confidence == "tibial_plateau_lateral"
+    assert not left.tibial_plateau_lateral_used
+    assert pd.isna(left.mpta_deg)
+    assert (
+        "tibial_plateau_lateral low confidence (0.31)" in json.loads(left.null_reasons)["mpta_deg"]
+    )
+    bad = df[df.file == "/x/bad.dcm"].iloc[0]
+    assert bad.status == "failed" and bad.error_reason == "unreadable" and pd.isna(bad.side)
+    # the plan of the varus right leg is in the row
+    assert right.plan_indicated and right.plan_level in ("HTO", "DFO", "DLO")
+    assert right.plan_correction_deg > 0
+
+
+def test_table_types_survive_all_null_columns(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.outputs.table import arrow_schema, write_tables
+
+    write_tables(
+        [{"file": "a", "status": "failed", "error_reason": "unreadable", "legs": []}], tmp_path
+    )
+    assert pq.read_schema(tmp_path / "results.parquet").equals(arrow_schema())
+
+
+# ----------------------------------------------------------------- names and json
+@pytest.mark.parametrize(
+    "path",
+    ["../../etc/passwd", "/abs/dir/..", "a/b/.hidden", "we ird\\name:?.dcm", "", "/"],
+)
+def test_output_stem_is_a_safe_file_name(path):
+    from pipeline.outputs.image_json import output_stem
+
+    stem = output_stem(path)
+    assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
+    assert ".." not in stem.split("-")[0] or stem.split("-")[0].strip(".")
+
+
+def test_output_stem_distinguishes_same_names_in_different_folders():
+    from pipeline.outputs.image_json import output_stem
+
+    assert output_stem("/a/x.dcm") != output_stem("/b/x.dcm")
+    assert output_stem("/a/x.dcm") == output_stem("/a/./x.dcm")
+
+
+def test_safe_join_refuses_escape(tmp_path):
+    from pipeline.outputs.image_json import safe_join
+
+    assert safe_join(tmp_path, "images", "a.json") == (tmp_path / "images" / "a.json").resolve()
+    for bad in ("..", "../x", "a/b", ""):
+        with pytest.raises(ValueError):
+            safe_join(tmp_path, bad)
+
+
+def test_image_json_atomic_and_nan_free(tmp_path, synth_dicom):
+    from pipeline.outputs.image_json import write_image_json
+
+    _, film, _, rad = synth_dicom
+    d = _result(rad, film).to_dict()
+    d["extra"] = float("nan")
+    target = tmp_path / "r.json"
+    write_image_json(d, target)
+    back = json.loads(target.read_text())
+    assert back["extra"] is None and back["legs"][0]["side"] in ("right", "left")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left
+
+
+# ----------------------------------------------------------------- overlay
+def test_overlay_draws_landmarks_axes_wedge_and_panel(synth_dicom):
+    from pipeline.outputs.overlay import PANEL_WIDTH, panel_lines, render_overlay, thumbnail
+
+    _, film, _, rad = synth_dicom
+    d = _result(rad, film, low=("left", "femoral_condyle_medial", 0.2)).to_dict()
+    thumb = thumbnail(rad.pixels, 512)
+    assert thumb.dtype == np.uint8 and thumb.shape[0] == min(512, rad.height)
+    rgb = render_overlay(d, thumb)
+    assert rgb.shape == (thumb.shape[0], thumb.shape[1] + PANEL_WIDTH, 3)
+    # the panel has text, the film part has coloured (non-grey) drawing
+    assert rgb[:, thumb.shape[1] :].max() > 0
+    film_part = rgb[:, : thumb.shape[1]].astype(int)
+    coloured = (np.abs(film_part[..., 0] - film_part[..., 1]) > 40) | (
+        np.abs(film_part[..., 1] - film_part[..., 2]) > 40
+    )
+    assert coloured.sum() > 200
+    # the planned wedge (orange) of the varus right leg is drawn near its hinge
+    right = next(leg for leg in d["legs"] if leg["side"] == "right")
+    plan = right["plan"]
+    assert plan["level"] is not None
+    step = next(s for s in plan["steps"] if s["hinge"])
+    s = thumb.shape[0] / rad.height
+    hx, hy = (int(round((v + 0.5) * s - 0.5)) for v in step["hinge"])
+    patch = rgb[max(0, hy - 6) : hy + 7, max(0, hx - 6) : hx + 7].astype(int)
+    orange = (
+        (patch[..., 0] > 200) & (patch[..., 1] > 100) & (patch[..., 1] < 200) & (patch[..., 2] < 80)
+    )
+    assert orange.any()
+    text = "\n".join(t for t, _ in panel_lines(d))
+    assert "HKA" in text and "Planning support only" in text and "low confidence" in text
+
+
+# ----------------------------------------------------------------- DICOM SR / SC
+def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
+    from pydicom.uid import ComprehensiveSRStorage  # noqa: F401  (name check only)
+
+    from pipeline.outputs.dicom_sr import build_sr
+
+    _, film, header, rad = synth_dicom
+    d = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()
+    sr = build_sr(d, header)
+    assert sr.StudyInstanceUID == header.StudyInstanceUID
+    assert sr.PatientID == header.PatientID
+    assert sr.SeriesInstanceUID != header.SeriesInstanceUID
+    out = tmp_path / "sr.dcm"
+    sr.save_as(out, enforce_file_format=True)
+
+    points, units, refs = [], set(), set()
+
+    def walk(items):
+        for it in items:
+            if it.ValueType == "SCOORD":
+                points.append([float(v) for v in it.GraphicData])
+                for child in it.get("ContentSequence", []):
+                    refs.add(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            if it.ValueType == "NUM":
+                units.add(it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
+            walk(it.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    n_landmarks = sum(len(leg["landmarks"]) for leg in d["legs"])
+    assert len(points) == n_landmarks
+    fh = next(leg for leg in d["legs"] if leg["side"] == "right")["landmarks"]["femoral_head"]
+    assert any(
+        abs(p[0] - (fh["x"] + 0.5)) < 1e-4 and abs(p[1] - (fh["y"] + 0.5)) < 1e-4 for p in points
+    )
+    assert refs == {header.SOPInstanceUID}
+    assert {"deg", "mm", "%"} <= units
+    errors = _dciodvfy_errors(out)
+    if errors is not None:
+        assert errors == []
+
+
+def test_sc_of_overlay_in_source_study(tmp_path, synth_dicom):
+    from pipeline.outputs.dicom_sc import build_sc
+    from pipeline.outputs.overlay import render_overlay, thumbnail
+
+    _, film, header, rad = synth_dicom
+    d = _result(rad, film).to_dict()
+    rgb = render_overlay(d, thumbnail(rad.pixels, 400))
+    sc = build_sc(rgb, header)
+    assert sc.StudyInstanceUID == header.StudyInstanceUID and sc.PatientID == header.PatientID
+    assert sc.Rows == rgb.shape[0] and sc.Columns == rgb.shape[1] and sc.SamplesPerPixel == 3
+    out = tmp_path / "sc.dcm"
+    sc.save_as(out, enforce_file_format=True)
+    import pydicom
+
+    back = pydicom.dcmread(out)
+    assert np.array_equal(back.pixel_array, rgb)
+    errors = _dciodvfy_errors(out)
+    if errors is not None:
+        assert errors == []
+
+
+# ----------------------------------------------------------------- summary
+def test_summary_counts_and_reasons():
+    from pipeline.outputs.summary import RunSummary
+
+    s = RunSummary()
+    s.add_result({"status": "ok", "legs": [{"status": "ok"}, {"status": "partial"}]})
+    s.add_result({"status": "failed", "error_reason": "unreadable", "legs": []})
+    s.add_result({"status": "failed", "error_reason": "unreadable", "legs": []})
+    s.add_timing("read", 1.0, 2)
+    s.processed_this_run, s.elapsed_s = 3, 1.5
+    d = s.to_dict()
+    assert d["files_total"] == 3 and d["files_failed"] == 2 and d["files_ok"] == 1
+    assert d["failures_by_reason"] == {"unreadable": 2}
+    assert d["legs_by_status"] == {"ok": 1, "partial": 1}
+    assert d["files_per_s"] == pytest.approx(2.0)
+    assert d["stages"]["read"]["seconds_per_film"] == pytest.approx(0.5)
+    assert "unreadable 2" in s.format_text()
