@@ -105,6 +105,7 @@ def test_failure_reasons():
     ev = evaluate_leg("a.png", t, LegLandmarks("left", far), 0.5, fail_mm=10.0)
     text = "; ".join(ev.failures)
     assert "predicted side 'left'" in text
+    assert summarise([ev])["side_accuracy"] == 0.0
     assert "not predicted: greater_trochanter" in text
     assert "ankle_centre off by 15.0 mm" in text
     ev = evaluate_leg("a.png", t, LegLandmarks("right", far), 0.5, fail_mm=20.0)
@@ -176,7 +177,13 @@ def test_evaluate_films_end_to_end_with_fake_predictor(tmp_path):
     reasons = {(f["source"], f["reason"]) for f in report["failures"]}
     assert ("broken.png", "prediction failed: broken.png: cannot decode") in reasons
     assert ("missed.png", "no prediction") in reasons
-    assert any(s == "right_only.png" and "off by 5.0 mm" in why for s, why in reasons)
+    assert any(
+        s == "right_only.png"
+        and why.startswith("12 landmarks off by > 4 mm (worst ")
+        and why.endswith(", 5.0 mm)")
+        for s, why in reasons
+    )
+    assert report["side_accuracy"] == 1.0
     assert not any(s == "both.png" for s, _ in reasons)
     hka = report["measurements"]["hka_deg"]
     assert hka["n"] == 3 and hka["bias"] == pytest.approx(0.0, abs=1e-9)

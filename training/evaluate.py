@@ -163,11 +163,21 @@ def evaluate_leg(
     ev.missing = [n for n in LANDMARK_NAMES if n in truth.points and n not in pred.points]
     if ev.missing:
         ev.failures.append("not predicted: " + ", ".join(ev.missing))
-    for n, e in ev.errors_px.items():
-        if spacing_mm is not None and e * spacing_mm > fail_mm:
-            ev.failures.append(f"{n} off by {e * spacing_mm:.1f} mm (> {fail_mm:g} mm)")
-        elif spacing_mm is None and e > fail_px:
-            ev.failures.append(f"{n} off by {e:.1f} px (> {fail_px:g} px)")
+    if spacing_mm is not None:
+        unit, limit, scale = "mm", fail_mm, spacing_mm
+    else:
+        unit, limit, scale = "px", fail_px, 1.0
+    off = sorted(
+        ((e * scale, n) for n, e in ev.errors_px.items() if e * scale > limit), reverse=True
+    )
+    if len(off) <= 2:
+        for d, n in off:
+            ev.failures.append(f"{n} off by {d:.1f} {unit} (> {limit:g} {unit})")
+    else:
+        d, n = off[0]
+        ev.failures.append(
+            f"{len(off)} landmarks off by > {limit:g} {unit} (worst {n}, {d:.1f} {unit})"
+        )
     try:
         ev.pred_measures = measure(pred, spacing_mm, geometry_cfg)
     except LegalignError as exc:
@@ -277,6 +287,12 @@ def summarise(
         "n_films": len(sources),
         "n_legs": len(legs),
         "n_legs_predicted": sum(ev.predicted for ev in legs),
+        "side_accuracy": (
+            sum(ev.pred_side == ev.side for ev in legs if ev.predicted)
+            / sum(ev.predicted for ev in legs)
+            if any(ev.predicted for ev in legs)
+            else None
+        ),
         "n_films_with_spacing": len({ev.source for ev in legs if ev.spacing_mm is not None}),
         "n_films_assumed_spacing": len({ev.source for ev in legs if ev.spacing_assumed}),
         "success_thresholds_mm": list(SUCCESS_THRESHOLDS_MM),
@@ -320,7 +336,8 @@ def format_report(report: dict[str, Any], max_failures: int = 20) -> str:
     """A readable text table of the report."""
     lines = [
         f"films {report['n_films']}, legs {report['n_legs']} "
-        f"({report['n_legs_predicted']} predicted), films with spacing "
+        f"({report['n_legs_predicted']} predicted, side right in "
+        f"{_f(report['side_accuracy'], pct=True)} %), films with spacing "
         f"{report['n_films_with_spacing']} ({report['n_films_assumed_spacing']} assumed)",
         "",
         f"{'landmark':<24}{'n':>5}{'miss':>5}{'MRE px':>8}{'MRE mm':>8}{'SD mm':>7}"
@@ -482,7 +499,7 @@ def evaluate_films(
         spacing, assumed = film.spacing_mm, False
         if spacing is None and assumed_spacing_mm is not None:
             spacing, assumed = float(assumed_spacing_mm), True
-        radiograph = film.to_radiograph(spacing)
+        radiograph = film.to_radiograph(spacing, "assumed" if assumed else None)
         t0 = time.perf_counter()
         try:
             pred = list(predict(radiograph))

@@ -54,14 +54,19 @@ class AnnotatedFilm:
                 return leg
         return None
 
-    def to_radiograph(self, spacing_mm: float | None = None) -> Radiograph:
-        """The film as the pipeline's ``Radiograph`` (what the locator takes)."""
+    def to_radiograph(
+        self, spacing_mm: float | None = None, spacing_source: str | None = None
+    ) -> Radiograph:
+        """The film as the pipeline's ``Radiograph`` (what the locator takes);
+        ``spacing_mm`` overrides the film's own spacing."""
         spacing = self.spacing_mm if spacing_mm is None else spacing_mm
+        if spacing is not None and spacing_source is None:
+            spacing_source = "dataset" if spacing_mm is None else "user"
         return Radiograph(
             path=self.source,
             pixels=np.ascontiguousarray(self.image, dtype=np.float32),
             spacing_mm=spacing,
-            spacing_source=None if spacing is None else "dataset",
+            spacing_source=spacing_source,
             mirrored=self.mirrored,
         )
 
