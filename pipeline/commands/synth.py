@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--contact-sheet",
         default=None,
         metavar="PATH",
-        help="also write a PNG contact sheet of the films (at most 12) to PATH",
+        help="also write a PNG contact sheet of the films (at most 16) to PATH",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="allow writing into a non-empty --out"
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             }
             names.append(dcm.name)
         add_film(coco, film, names[0], **extra)
-        if sheet is not None and len(thumbs) < 12:
+        if sheet is not None and len(thumbs) < 16:
             from training.synth.contact_sheet import thumbnail
 
             thumbs.append(thumbnail(film))

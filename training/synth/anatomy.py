@@ -225,6 +225,17 @@ class LegModel:
         return {**self.alignment, "shape": {k: round(v, 4) for k, v in asdict(self.shape).items()}}
 
 
+def stance_inclination(al: dict[str, float], ankle_x: float) -> float:
+    """Femoral inclination (deg, K medial of H) that puts the ankle ``ankle_x`` mm medial
+    of the hip centre, given the leg's HKA and segment lengths (clipped to -6..10 deg)."""
+    lf, lt = al["femur_length_mm"], al["tibia_length_mm"]
+    h = math.radians(al["hka_deg"])
+    z = complex(lf, 0.0) + lt * complex(math.cos(h), math.sin(h))
+    r, delta = abs(z), math.atan2(z.imag, z.real)
+    phi = math.acos(max(-1.0, min(1.0, ankle_x / r))) - delta
+    return float(np.clip(90.0 - math.degrees(phi), -6.0, 10.0))
+
+
 def _y_extent(prims: list[Primitive]) -> tuple[float, float]:
     ys = np.concatenate([p.outline()[:, 1] for p in prims])
     return float(ys.min()), float(ys.max())
@@ -501,10 +512,18 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             ci,
         ),  # cuboid
     ]
-    for k in (-26.0, -12.0, 2.0, 15.0):
-        p0 = A + t_dir * (52.0 * s) + e_ta * (k * s)
-        p1 = A + t_dir * (78.0 * s) + e_ta * (1.25 * k * s - 6.0 * s)
-        foot.append(Tube(p0, p1, 5.0 * s, 4.0 * s, 0.35, cx, mi, 2.0))
+    foot.append(  # forefoot seen end-on: metatarsals and toes overlapping
+        Ellipsoid(
+            A + t_dir * (62.0 * s) - e_ta * (6.0 * s),
+            e_ta,
+            34.0 * s,
+            14.0 * s,
+            30.0 * s,
+            3.0 * s,
+            cx * 0.7,
+            ci * 0.8,
+        )
+    )
 
     # ---------------------------------------------------------------- hemipelvis
     up_lat = _rot(_v(0, -1), -math.radians(20.0))
@@ -518,10 +537,10 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             _rot(_v(1, 0), -math.radians(22.0)),
             72.0 * s,
             58.0 * s,
-            8.0 * s,
-            2.2 * s,
+            5.0 * s,
+            2.0 * s,
             cx,
-            ci,
+            ci * 0.7,
         ),  # ilium
         Ellipsoid(
             H + _v(18, 60) * s, _v(0, 1), 28.0 * s, 15.0 * s, 18.0 * s, 1.6 * s, cx, ci

@@ -31,6 +31,7 @@ from .anatomy import (
     build_leg,
     pubis,
     resolve_alignment,
+    stance_inclination,
 )
 from .primitives import Ellipsoid, Primitive, Tube, render_group
 
@@ -375,6 +376,9 @@ def generate_film(
         r = _rng(seed, _S_RIGHT if side == "right" else _S_LEFT)
         al = resolve_alignment(alignment.get(side), r)
         sh = LegShape.draw(r, scale * float(np.clip(r.normal(1.0, 0.01), 0.97, 1.03)))
+        # standing: the ankle sits 40-115 mm from the midline; the femur leans to suit
+        ankle_half = scale * float(r.uniform(40.0, 115.0))
+        sh.femoral_inclination_deg = stance_inclination(al, hip_half - ankle_half)
         if side in sides:
             models[side] = build_leg(al, sh)
 
@@ -458,7 +462,7 @@ def generate_film(
             16.0 * scale,
             2.0 * scale,
             MU_CORTEX,
-            0.012,
+            0.008,
         )
         buf, box = render_group([sac.scaled(sp)], shape, tex, tex_amp)
         if buf is not None:
