@@ -5,8 +5,9 @@ StudyInstanceUID, patient and study modules copied from the source header), new 
 
 Content:
 - per landmark: a planar ROI measurement group (TID 1410) whose image region is an
-  SCOORD POINT on the source image, with the network confidence as a measurement and a
-  "low confidence, not used" qualitative evaluation when it was dropped;
+  SCOORD POINT on the source image, tracking identifier "<side> <landmark name>",
+  finding type the landmark (private code), the network confidence as a measurement
+  and a "low confidence, not used" qualitative evaluation when it was dropped;
 - per leg: a measurement group (TID 1501) with every computed value as a numeric item
   in UCUM units (deg, mm, %), finding site lower limb with laterality, and the osteotomy
   proposal (level, correction angle, gap).
@@ -134,7 +135,6 @@ def build_sr(
                         name=_code("LMCONF", "Landmark detection confidence"),
                         value=float(lm["confidence"]),
                         unit=_unit("1", "no units"),
-                        algorithm_id=algorithm,
                     )
                 )
             evaluations = []
@@ -152,8 +152,6 @@ def build_sr(
                     ),
                     referenced_region=region,
                     finding_type=_code(_LANDMARK_VALUES[name], LANDMARK_MEANINGS[name]),
-                    finding_sites=[site],
-                    algorithm_id=algorithm,
                     measurements=measurements or None,
                     qualitative_evaluations=evaluations or None,
                 )
@@ -167,7 +165,6 @@ def build_sr(
                         name=_code(value, meaning),
                         value=float(meas[key]),
                         unit=_unit(ucum, umeaning),
-                        algorithm_id=algorithm,
                     )
                 )
         plan = leg.get("plan") or {}
@@ -178,7 +175,6 @@ def build_sr(
                         name=_code(value, meaning),
                         value=float(plan[key]),
                         unit=_unit(ucum, umeaning),
-                        algorithm_id=algorithm,
                     )
                 )
         evaluations = []
