@@ -143,15 +143,21 @@ def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
     out = tmp_path / "out"
-    assert cmd.run(parser.parse_args([str(ckpt), "--out", str(out)])) == 0
+    argv = [str(ckpt), "--out", str(out), "--check-dataset", "synthetic:2", "--check-films", "2"]
+    assert cmd.run(parser.parse_args(argv)) == 0
     printed = capsys.readouterr().out
     assert "coarse.onnx" in printed and "fine.torchscript.pt" in printed
+    assert "onnx locator on 2 film(s)" in printed
     for f in ("coarse.onnx", "fine.onnx", "coarse.torchscript.pt", "fine.torchscript.pt"):
         assert (out / f).stat().st_size > 10_000
     meta = json.loads((out / "locator_spec.json").read_text())
     assert meta["spec"]["fine_size"] == spec.fine_size
     report = json.loads((out / "export_report.json").read_text())
     assert report["ok"]
+    for fmt in ("onnx", "torchscript"):
+        check = report["locator_check"][fmt]
+        assert check["mismatches"] == [] and check["landmarks_compared"] > 0
+        assert check["max_landmark_diff_px"] < 0.1
     for net in ("coarse", "fine"):
         for fmt in ("onnx", "torchscript"):
             assert report["networks"][net][fmt]["max_landmark_diff_px"] < 0.1
@@ -178,3 +184,28 @@ def test_cli_export_missing_checkpoint(tmp_path):
     cmd.add_arguments(parser)
     with pytest.raises(InputError, match=r"nope\.pt: checkpoint not found"):
         cmd.run(parser.parse_args([str(tmp_path / "nope.pt"), "--out", str(tmp_path)]))
+
+
+class _FakeLocator:
+    def __init__(self, legs_by_path):
+        self.legs_by_path = legs_by_path
+
+    def locate(self, rg):
+        return self.legs_by_path[rg.path]
+
+
+def test_compare_locators_reports_differences_and_mismatches():
+    from pipeline.landmarks import LegLandmarks
+    from pipeline.radiograph import Radiograph
+    from training.export import compare_locators
+
+    films = [Radiograph(path=p, pixels=np.zeros((4, 4), np.float32)) for p in ("a", "b", "c")]
+    leg = LegLandmarks("right", {"knee_centre": (10.0, 20.0), "ankle_centre": (11.0, 40.0)})
+    moved = LegLandmarks("right", {"knee_centre": (10.0, 20.0), "ankle_centre": (11.3, 40.4)})
+    fewer = LegLandmarks("right", {"knee_centre": (10.0, 20.0)})
+    ref = _FakeLocator({"a": [leg], "b": [leg], "c": [leg]})
+    other = _FakeLocator({"a": [moved], "b": [], "c": [fewer]})
+    res = compare_locators(ref, other, films)
+    assert res["max_landmark_diff_px"] == pytest.approx(0.5)
+    assert res["landmarks_compared"] == 2
+    assert res["mismatches"] == ["b: 1 vs 0 legs", "c: right leg differs in landmarks or side"]

@@ -209,6 +209,81 @@ def torchscript_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     return torch_runner(module.eval())
 
 
+# ---------------------------------------------------------------- exported locators
+
+
+def _onnx_module(path: str | Path):
+    """A ``torch.nn.Module`` whose forward runs an exported ONNX file with onnxruntime
+    (CPU), so an exported pair can drive ``pipeline.locate.Locator`` unchanged."""
+    import torch
+
+    class OnnxNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = str(path)
+            self._run = onnx_runner(path)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self._run(x.detach().to("cpu", torch.float32).numpy())
+            return torch.from_numpy(out).to(x.device)
+
+    return OnnxNet()
+
+
+def _torchscript_module(path: str | Path):
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def exported_locator(export_dir: str | Path, fmt: str = "onnx"):
+    """A ``pipeline.locate.Locator`` running the networks exported to ``export_dir``
+    (``fmt`` "onnx" or "torchscript"), with the spec from ``locator_spec.json``."""
+    from models.spec import LocatorSpec
+    from pipeline.locate import Locator
+
+    d = Path(export_dir)
+    meta = json.loads((d / "locator_spec.json").read_text())
+    spec = LocatorSpec.from_dict(meta["spec"])
+    if fmt == "onnx":
+        coarse, fine = _onnx_module(d / "coarse.onnx"), _onnx_module(d / "fine.onnx")
+    elif fmt == "torchscript":
+        coarse = _torchscript_module(d / "coarse.torchscript.pt")
+        fine = _torchscript_module(d / "fine.torchscript.pt")
+    else:
+        raise ValueError(f"fmt must be 'onnx' or 'torchscript', got {fmt!r}")
+    return Locator(spec, coarse, fine, device="cpu")
+
+
+def compare_locators(reference, other, radiographs: Sequence[Any]) -> dict[str, Any]:
+    """Run two locators on the same films; the largest landmark difference (px) over
+    legs found by both (legs pair in order: both sort by knee x), and the films where
+    they found a different number of legs or landmarks."""
+    worst = 0.0
+    n_points = 0
+    mismatches: list[str] = []
+    for rg in radiographs:
+        a, b = reference.locate(rg), other.locate(rg)
+        if len(a) != len(b):
+            mismatches.append(f"{rg.path}: {len(a)} vs {len(b)} legs")
+            continue
+        for la, lb in zip(a, b, strict=True):
+            if set(la.points) != set(lb.points) or la.side != lb.side:
+                mismatches.append(f"{rg.path}: {la.side} leg differs in landmarks or side")
+                continue
+            for n, (x, y) in la.points.items():
+                worst = max(worst, float(np.hypot(x - lb.points[n][0], y - lb.points[n][1])))
+                n_points += 1
+    return {
+        "films": len(radiographs),
+        "landmarks_compared": n_points,
+        "max_landmark_diff_px": worst,
+        "mismatches": mismatches,
+    }
+
+
 # ---------------------------------------------------------------- a whole locator
 
 
@@ -291,8 +366,13 @@ def export_locator(
     tolerance_px: float = 0.1,
     opset: int = 18,
     exporter: str = "auto",
+    check_films: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Export both networks of a locator checkpoint (``None``: the shipped default)."""
+    """Export both networks of a locator checkpoint (``None``: the shipped default).
+
+    With ``check_films`` (``Radiograph`` objects), the whole coarse-to-fine locator is
+    also run with the exported networks and with PyTorch on those films, and their final
+    landmarks must agree within ``tolerance_px``."""
     from models.checkpoint import DEFAULT_WEIGHTS, load_checkpoint, nets_from_checkpoint
     from pipeline import __version__
     from pipeline.landmarks import LANDMARK_NAMES
@@ -322,5 +402,22 @@ def export_locator(
     }
     (out / "locator_spec.json").write_text(json.dumps(meta, indent=2) + "\n")
     report["checkpoint"] = str(src)
+    failures = []
+    if check_films:
+        from pipeline.locate import Locator
+
+        reference = Locator(spec, coarse, fine, device="cpu")
+        report["locator_check"] = {}
+        for fmt in formats:
+            res = compare_locators(reference, exported_locator(out, fmt), check_films)
+            report["locator_check"][fmt] = res
+            if res["mismatches"] or not res["max_landmark_diff_px"] < tolerance_px:
+                failures.append(
+                    f"{fmt} locator: landmarks differ by {res['max_landmark_diff_px']:.3g} px"
+                    + (f", {len(res['mismatches'])} film(s) differ" if res["mismatches"] else "")
+                )
+    report["ok"] = not failures
     (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if failures:
+        raise ExportError(f"{out}: exported locator does not match PyTorch: {'; '.join(failures)}")
     return report

@@ -37,6 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PX",
         help="largest allowed landmark difference from PyTorch (default: 0.1)",
     )
+    parser.add_argument(
+        "--check-dataset",
+        default=None,
+        metavar="DATASET",
+        help="also run the whole locator, exported and PyTorch, on films of this dataset "
+        "(COCO .json, LabelMe folder, .csv or synthetic:N) and compare the landmarks",
+    )
+    parser.add_argument(
+        "--check-films",
+        type=int,
+        default=4,
+        metavar="N",
+        help="how many films of --check-dataset to use (default: 4)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.tolerance_px > 0:
         raise InputError(f"--tolerance-px must be positive, got {args.tolerance_px}")
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    films = []
+    if args.check_dataset is not None:
+        from training.datasets import load_dataset
+
+        if args.check_films < 1:
+            raise InputError(f"--check-films must be at least 1, got {args.check_films}")
+        ds = load_dataset(args.check_dataset)
+        films = [ds[i].to_radiograph() for i in range(min(len(ds), args.check_films))]
     report = export_locator(
         checkpoint,
         args.out,
@@ -58,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance_px=args.tolerance_px,
         opset=args.opset,
         exporter=args.exporter,
+        check_films=films,
     )
     for name, entry in report["networks"].items():
         for fmt in formats:
@@ -67,5 +90,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.out}/{e['file']}: max landmark difference "
                 f"{e['max_landmark_diff_px']:.2g} px{extra} ({name} network)"
             )
+    for fmt, res in report.get("locator_check", {}).items():
+        print(
+            f"{fmt} locator on {res['films']} film(s): max landmark difference "
+            f"{res['max_landmark_diff_px']:.2g} px over {res['landmarks_compared']} landmarks"
+        )
     print(f"{args.out}/locator_spec.json, {args.out}/export_report.json")
     return 0
