@@ -556,15 +556,19 @@ def evaluate_locator(
     geometry_cfg = load_geometry_config(geometry_config)
     ds = load_dataset(dataset)
     n = len(ds) if limit is None else min(len(ds), int(limit))
+    from tqdm import tqdm
+
     locator = Locator.from_checkpoint(checkpoint, torch.device(device))
-    legs, failures, timing = evaluate_films(
-        (ds[i] for i in range(n)),
-        locator.locate,
-        assumed_spacing_mm=assumed_spacing_mm,
-        fail_mm=fail_mm,
-        fail_px=fail_px,
-        geometry_cfg=geometry_cfg,
-    )
+    with tqdm(total=n, desc="evaluate", unit="film", disable=None, leave=False) as bar:
+        legs, failures, timing = evaluate_films(
+            (ds[i] for i in range(n)),
+            locator.locate,
+            assumed_spacing_mm=assumed_spacing_mm,
+            fail_mm=fail_mm,
+            fail_px=fail_px,
+            geometry_cfg=geometry_cfg,
+            progress=lambda k: bar.update(1),
+        )
     report = summarise(
         legs,
         failures,
