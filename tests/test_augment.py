@@ -333,3 +333,15 @@ def test_resample_film_updates_points_and_spacing():
     assert out.legs[0].points["knee_centre"] == pytest.approx(
         ((x + 0.5) / 2 - 0.5, (y + 0.5) / 2 - 0.5)
     )
+
+
+def test_films_without_landmarks_are_augmented():
+    cfg = augmentation_config(
+        {"flip": {"p": 1.0}, "affine": {"p": 1.0}, "dropout": {"p": 1.0}, "clahe": {"p": 1.0}}
+    )
+    aug = build_augmentation(cfg)
+    img = np.random.default_rng(0).random((100, 50)).astype(np.float32)
+    out = aug(AnnotatedFilm("x", img, []), np.random.default_rng(0))
+    assert out.legs == [] and out.image.shape == (100, 50)
+    out = aug(AnnotatedFilm("x", img, [LegLandmarks("left", {})]), np.random.default_rng(0))
+    assert out.legs == [LegLandmarks("right", {})]
