@@ -314,16 +314,16 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
     shaft = [
         Tube(Sd, Sm1, rd, rm, cf * 0.6, cx, mi, 1.05, cf),
         Tube(Sm1, Sm2, rm, rm * 1.02, cf, cx, mi, 1.05),
-        Tube(Sm2, Su, rm * 1.02, ru, cf, cx, mi, 1.05, cf * 0.6, caps=False),
+        Tube(Sm2, Su, rm * 1.02, ru, cf, cx, ci, 0.95, 0.08),
     ]
     femur += shaft
     # intertrochanteric mass, trochanters
     femur.append(
         Ellipsoid(
-            N0 - a_up * (18.0 * s) + lat_up * (3.0 * s),
+            N0 - a_up * (18.0 * s) + lat_up * (2.0 * s),
             a_up,
-            34.0 * s,
-            23.0 * s,
+            36.0 * s,
+            26.0 * s,
             20.0 * s,
             1.4 * s,
             cx,
@@ -472,7 +472,7 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             24.0 * s,
             11.0 * s,
             1.3 * s,
-            cx,
+            cx * 0.55,
             ci * 0.9,
         )
     ]
