@@ -214,12 +214,11 @@ def _paste(dst: np.ndarray, src: np.ndarray, x: int, y: int, gain: float) -> Non
 
 
 def _distractors(
-    L: np.ndarray, sp: float, rng: np.random.Generator, legs: str
-) -> tuple[list[dict], dict]:
+    L: np.ndarray, foreign: np.ndarray, sp: float, rng: np.random.Generator, legs: str
+) -> list[dict]:
     """Physical objects in the beam, at random places: added to the line integral."""
     H, W = L.shape
     used: list[dict] = []
-    later: dict = {}
     # ruler: a radiolucent strip with metal ticks every 10 mm (magnified) and numbers
     if rng.random() < 0.7:
         mag = float(rng.uniform(0.97, 1.12))
@@ -249,7 +248,9 @@ def _distractors(
                         mask[ty : ty + th, tx : tx + tw], txt
                     )
             k += 1
-        _paste(L, mask, x0, ya, float(rng.uniform(1.5, 3.0)))
+        gain = float(rng.uniform(1.5, 3.0))
+        _paste(L, mask, x0, ya, gain)
+        _paste(foreign, mask, x0, ya, gain)
         used.append({"kind": "ruler", "x_mm": round(xr, 1), "magnification": round(mag, 4)})
     # 25 mm calibration ball, magnified like the patient plane +- a little
     if rng.random() < 0.6:
@@ -262,6 +263,7 @@ def _distractors(
         buf, (x0, y0, x1, y1) = render_group([ball], L.shape)
         if buf is not None:
             L[y0:y1, x0:x1] += buf
+            foreign[y0:y1, x0:x1] += buf
         used.append(
             {
                 "kind": "calibration_ball",
@@ -286,7 +288,9 @@ def _distractors(
                 L[
                     max(y - pad, 0) : y + m.shape[0] + pad, max(x - pad, 0) : x + m.shape[1] + pad
                 ] += 0.15
-            _paste(L, m, x, y, float(rng.uniform(3.0, 6.0)))
+            gain = float(rng.uniform(3.0, 6.0))
+            _paste(L, m, x, y, gain)
+            _paste(foreign, m, x, y, gain)
             used.append({"kind": "marker", "text": letter})
     # faint grid (stitching grid plate)
     if rng.random() < 0.3:
@@ -299,7 +303,7 @@ def _distractors(
         for y in np.arange(phase_y, H, step):
             L[int(y) : int(y) + thick, :] += amp
         used.append({"kind": "grid", "step_mm": round(step * sp, 2)})
-    return used, later
+    return used
 
 
 def _resize_to(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -472,18 +476,19 @@ def generate_film(
     L = bone
     if soft_buf is not None:
         L[box[1] : box[3], box[0] : box[2]] += soft_buf
-    metal_mask = None
+    # metal and lead (implants, ball, markers, ruler ticks): kept apart as well, so that
+    # image processing and the display window follow the anatomy, not the metal
+    foreign = np.zeros(shape, np.float32)
     if metal_prims:
         buf, box = render_group(metal_prims, shape)
         if buf is not None:
             L[box[1] : box[3], box[0] : box[2]] += buf
-            metal_mask = np.zeros(shape, bool)
-            metal_mask[box[1] : box[3], box[0] : box[2]] = buf > 0.05
+            foreign[box[1] : box[3], box[0] : box[2]] += buf
 
     dis_rng = _rng(seed, _S_DISTRACT)
     distractors_used: list[dict] = []
     if distractors:
-        distractors_used, _ = _distractors(L, sp, dis_rng, legs)
+        distractors_used = _distractors(L, foreign, sp, dis_rng, legs)
 
     # ---------------------------------------------------------------- exposure
     ex = tex_rng
@@ -505,11 +510,10 @@ def generate_film(
     v = v + noise * scale_noise * ex.standard_normal(shape, dtype=np.float32)
     # processing: dynamic range compression + mild edge enhancement
     drc = float(ex.uniform(0.5, 0.8))
-    v = v - drc * _lowpass(v, float(ex.uniform(25, 45)) / sp)
+    v = v - drc * _lowpass(v - foreign, float(ex.uniform(25, 45)) / sp)
     step_y, step_x = max(H // 400, 1), max(W // 200, 1)
     sub = v[::step_y, ::step_x]
-    if metal_mask is not None:  # the window is set by anatomy, not by implants
-        sub = sub[~metal_mask[::step_y, ::step_x]]
+    sub = sub[foreign[::step_y, ::step_x] < 0.05]
     lo, hi = (
         float(q)
         for q in np.percentile(sub, [float(ex.uniform(0.2, 3.0)), float(ex.uniform(99.3, 99.95))])
