@@ -429,6 +429,24 @@ def test_tiff_16_bit_and_miniswhite(tmp_path):
     assert info["bits_stored"] == 16
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_lzw_tiff_and_miniswhite(tmp_path, bits):
+    img = np.tile(np.arange(0, 60000, 2000, dtype=np.uint16), (25, 1))
+    if bits == 8:
+        img = (img // 256).astype(np.uint8)
+    path = tmp_path / "lzw.tif"
+    assert cv2.imwrite(str(path), img)  # OpenCV writes LZW-compressed TIFF
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages.first.compression == 5  # LZW
+    expected = (img - float(img.min())) / float(img.max() - img.min())
+    if bits == 8:
+        expected = img / 255.0
+    np.testing.assert_allclose(read_radiograph(path).pixels, expected, atol=1e-6)
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        tf.pages.first.tags["PhotometricInterpretation"].overwrite(0)  # MINISWHITE
+    np.testing.assert_allclose(read_radiograph(path).pixels, 1 - expected, atol=1e-6)
+
+
 def test_kind_from_content_not_extension(tmp_path):
     img = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (30, 1))
     path = tmp_path / "looks_like.dcm"
@@ -542,6 +560,16 @@ def test_huge_image_refused_from_header_before_decoding(tmp_path):
     png = _png_with_size(tmp_path / "huge.png", 12000, 9000)
     _assert_input_error(png, "too large")
     assert probe(png)["width"] == 12000
+
+
+def test_pillow_bomb_guard_kept_on(tmp_path):
+    from PIL import Image
+
+    from pipeline.read.raster import PILLOW_MAX_IMAGE_PIXELS
+
+    png = _png_with_size(tmp_path / "bomb.png", 30000, 30000)  # 900 M pixels
+    _assert_input_error(png, "decompression-bomb", max_pixels=10**12)
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_MAX_IMAGE_PIXELS is not None
 
 
 def test_short_native_pixel_data(tmp_path):

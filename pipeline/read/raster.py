@@ -2,7 +2,8 @@
 
 Decoding: OpenCV for PNG and JPEG (8 or 16 bit, colour converted to grey, EXIF
 orientation applied), tifffile for TIFF (first page; 8/16-bit integer or float;
-MINISWHITE inverted).  Scaling to float32 [0, 1]: 8-bit images are already rendered for
+MINISWHITE inverted), with OpenCV's libtiff for TIFF compressions that tifffile needs
+the optional imagecodecs package for (LZW, PackBits, JPEG).  Scaling to float32 [0, 1]: 8-bit images are already rendered for
 display and are divided by 255; 16-bit and float images carry no window, so they are
 scaled min-max (a 12-bit export in a 16-bit container would otherwise be almost black).
 
@@ -139,6 +140,46 @@ def _unit(grey: np.ndarray, dtype: np.dtype, path: str) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def _read_tiff(path: str) -> np.ndarray:
+    """tifffile for what it decodes alone; OpenCV (libtiff) for compressions that tifffile
+    leaves to the optional imagecodecs package (LZW, PackBits, JPEG, ...)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages.first
+            photometric = int(page.photometric)
+            bits = int(page.bitspersample)
+            try:
+                img = page.asarray()
+            except (KeyError, ValueError, NotImplementedError) as exc:
+                if "imagecodecs" not in str(exc):
+                    raise
+                img = None
+    except MemoryError:
+        raise InputError(f"{path}: out of memory decoding TIFF") from None
+    except Exception as exc:
+        raise InputError(f"{path}: cannot decode TIFF ({_short(exc)})") from None
+    invert = photometric == 0  # MINISWHITE: low values are white
+    if img is None:
+        import cv2
+
+        img = cv2.imdecode(
+            np.fromfile(path, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE
+        )
+        if img is None:
+            raise InputError(f"{path}: cannot decode TIFF (compression not supported)")
+        # libtiff's RGBA path, which OpenCV uses for 8-bit images, already applies
+        # MINISWHITE; 16-bit samples come back as stored (tests pin both).
+        invert = invert and bits > 8
+    if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
+        img = np.moveaxis(img, 0, -1)  # planar configuration
+    unit = _unit(_to_grey(img, path), img.dtype, path)
+    if invert:
+        np.subtract(np.float32(1.0), unit, out=unit)
+    return unit
+
+
 def read_raster(
     path: str,
     kind: str,
@@ -158,23 +199,7 @@ def read_raster(
     spacing, source = resolve_spacing(None, path, spacing_override_mm)
 
     if kind == "tiff":
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tf:
-                page = tf.pages.first
-                img = page.asarray()
-                photometric = int(page.photometric)
-        except MemoryError:
-            raise InputError(f"{path}: out of memory decoding TIFF") from None
-        except Exception as exc:
-            raise InputError(f"{path}: cannot decode TIFF ({_short(exc)})") from None
-        if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
-            img = np.moveaxis(img, 0, -1)  # planar configuration
-        dtype = img.dtype
-        unit = _unit(_to_grey(img, path), dtype, path)
-        if photometric == 0:  # MINISWHITE: low values are white
-            np.subtract(np.float32(1.0), unit, out=unit)
+        unit = _read_tiff(path)
     else:
         import cv2
 
