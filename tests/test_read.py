@@ -155,6 +155,28 @@ def test_every_syntax_reads_window_applied_bone_bright(tmp_path, syntax, bits):
     assert films["MONOCHROME1"].pixels[hi].mean() > films["MONOCHROME1"].pixels[lo].mean() + 0.5
 
 
+def test_jpeg_lossless_sv1_via_gdcm(tmp_path):
+    """JPEG Lossless SV1, the commonest compressed syntax in archives (gdcm decodes it)."""
+    gdcm = pytest.importorskip("gdcm")
+    film = _film(12, seed=4)
+    src, dst = tmp_path / "src.dcm", tmp_path / "jpeg_lossless.dcm"
+    write_film_dicom(src, film, DicomOptions(bits_stored=12), index=0, seed=0)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    assert pydicom.dcmread(dst).file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    np.testing.assert_array_equal(read_radiograph(dst).pixels, read_radiograph(src).pixels)
+
+
 def test_modality_lut_rescale_then_window(tmp_path):
     stored = np.arange(0, 4000, 2, dtype=np.uint16).reshape(40, 50)
     path = _make_dicom(
