@@ -15,6 +15,12 @@ bone bright, values < 2**bits_stored, patient-plane ``spacing_mm``, ``legs``,
 with every UID derived deterministically from ``(seed, index)`` and synthetic patient
 names only (``SYNTHETIC^0001``).  The files pass ``dciodvfy`` (dicom3tools) without errors.
 
+Stored values: the film's values, rescaled linearly when ``options.bits_stored`` differs
+from ``film.bits_stored``, inverted (``max - v``) for MONOCHROME1; ``stored_pixel_array``
+returns exactly what the PixelData decodes to.  The VOI window spans the 0.5-99.5 %
+grey levels of the stored values.  JPEG 2000 needs at least 32 rows and columns
+(openjpeg's 6 resolution levels); smaller films raise ``ValueError``.
+
 Physical model of the spacing tags: the detector always sees the patient magnified by
 ``options.magnification``, so wherever ImagerPixelSpacing is written it is
 ``spacing_mm * magnification``; PixelSpacing, where written, is the patient-plane
