@@ -249,3 +249,19 @@ def test_native_film_size_and_bits():
     _check_alignment(film)
     assert elapsed < 60
     assert math.isfinite(elapsed)
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        {"hka_deg": -25.0, "mpta_deg": 75.0, "jlca_deg": 8.0},
+        {"mpta_deg": 100.0, "mldfa_deg": 70.0, "jlca_deg": 0.0},
+        {"femur_length_mm": 300.0, "tibia_length_mm": 250.0},
+    ],
+)
+def test_extreme_requests_stay_exact_and_inside_the_film(req):
+    film = generate_film(3, legs="right", alignment={"right": req})
+    _check_alignment(film)
+    h, w = film.image.shape
+    for x, y in film.legs[0].points.values():
+        assert 0 <= x <= w - 1 and 0 <= y <= h - 1
