@@ -398,11 +398,11 @@ def generate_film(
         x_lo, x_hi = hips["right"][0] - m_lat[0], hips["right"][0] + m_med
     else:
         x_lo, x_hi = hips["left"][0] - m_med, hips["left"][0] + m_lat[1]
-    # every landmark at least 40 mm inside the film (matters only for extreme alignments)
+    # every landmark at least 12 mm inside the film (matters only for extreme alignments)
     for s_ in sides:
         sign = 1.0 if s_ == "right" else -1.0
         xs = [hips[s_][0] + sign * float(p[0]) for p in models[s_].landmarks.values()]
-        x_lo, x_hi = min(x_lo, min(xs) - 40.0), max(x_hi, max(xs) + 40.0)
+        x_lo, x_hi = min(x_lo, min(xs) - 12.0), max(x_hi, max(xs) + 12.0)
     top_margin = float(lay.uniform(95, 175)) * scale
     bottom_margin = float(lay.uniform(60, 105)) * scale
     mirrored = bool(lay.random() < 0.15) and distractors
