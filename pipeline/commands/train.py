@@ -11,7 +11,9 @@ HELP = "train the landmark networks from a YAML config (see configs/train_defaul
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="training config YAML (e.g. configs/train_default.yaml)")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    parser.add_argument("--device", default=None, help="override the config's device (cpu, cuda, cuda:N, auto)")
+    parser.add_argument(
+        "--device", default=None, help="override the config's device (cpu, cuda, cuda:N, auto)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     parser.add_argument(
@@ -20,7 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import time
+
+    # On a shared CPU, OpenMP threads that spin while waiting slow training down several
+    # times; passive waiting costs nothing when the cores are free.  Must precede torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from training.train import load_train_config, train
 

@@ -1,0 +1,128 @@
+"""Resampling of films into network inputs with exact, invertible affine maps.
+
+Every network input (the whole-film coarse canvas, a joint crop) is made by one
+``warp(image, A, out_shape)`` where ``A`` is a 2x3 affine matrix from image pixels to
+output pixels (pixel centres, origin at the centre of the top-left pixel).  Landmarks
+map with the same matrix, so training targets and inference decoding agree exactly.
+
+Down-sampling is anti-aliased: the region the output needs is first block-averaged by
+an integer factor (which keeps the pixel-centre convention exact), then the residual
+affine is applied with bilinear interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def apply_affine(A: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Map points (..., 2) with a 2x3 affine matrix."""
+    xy = np.asarray(xy, dtype=np.float64)
+    return xy @ A[:, :2].T + A[:, 2]
+
+
+def invert_affine(A: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine matrix."""
+    m = np.asarray(A[:, :2], dtype=np.float64)
+    mi = np.linalg.inv(m)
+    return np.concatenate([mi, -(mi @ A[:, 2])[:, None]], axis=1)
+
+
+def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The affine ``A o B`` (apply B first)."""
+    m = A[:, :2] @ B[:, :2]
+    t = A[:, :2] @ B[:, 2] + A[:, 2]
+    return np.concatenate([m, t[:, None]], axis=1)
+
+
+def scale_matrix(s: float) -> np.ndarray:
+    """Isotropic scaling in the pixel-centre convention: x' = (x + 0.5) s - 0.5."""
+    return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+
+
+def letterbox_matrix(height: int, width: int, out_h: int, out_w: int) -> np.ndarray:
+    """Scale a film to fit ``out_h x out_w`` keeping its aspect ratio, centred."""
+    s = min(out_h / height, out_w / width)
+    A = scale_matrix(s)
+    A[0, 2] += 0.5 * (out_w - width * s)
+    A[1, 2] += 0.5 * (out_h - height * s)
+    return A
+
+
+def crop_matrix(
+    centre: tuple[float, float], side: float, out_size: int, flip: bool, angle_deg: float = 0.0
+) -> np.ndarray:
+    """Square crop of ``side`` image pixels around ``centre`` -> ``out_size`` pixels.
+
+    ``flip`` mirrors x (so a leg whose medial side is -x shows it at +x); ``angle_deg``
+    rotates the crop content (augmentation).
+    """
+    k = out_size / float(side)
+    a = math.radians(angle_deg)
+    r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    f = np.diag([-1.0 if flip else 1.0, 1.0])
+    m = k * (r @ f)
+    c = np.asarray(centre, dtype=np.float64)
+    t = np.full(2, (out_size - 1) / 2.0) - m @ c
+    return np.concatenate([m, t[:, None]], axis=1)
+
+
+def _area_factor(A: np.ndarray) -> int:
+    k = math.sqrt(abs(float(np.linalg.det(A[:, :2]))))
+    if k >= 0.75:
+        return 1
+    return max(1, int(math.floor(1.0 / k)))
+
+
+def warp(
+    image: np.ndarray, A: np.ndarray, out_shape: tuple[int, int], border: float = 0.0
+) -> np.ndarray:
+    """Resample ``image`` (H, W float32) into ``out_shape`` with the 2x3 map ``A``.
+
+    Regions outside the image are filled with ``border``.
+    """
+    import cv2
+
+    out_h, out_w = out_shape
+    h, w = image.shape[:2]
+    A = np.asarray(A, dtype=np.float64)
+    f = _area_factor(A)
+    # region of the image the output needs
+    inv = invert_affine(A)
+    corners = apply_affine(
+        inv,
+        np.array(
+            [[-0.5, -0.5], [out_w - 0.5, -0.5], [-0.5, out_h - 0.5], [out_w - 0.5, out_h - 0.5]]
+        ),
+    )
+    pad = 2 * f + 2
+    x0 = max(0, int(math.floor(corners[:, 0].min())) - pad)
+    y0 = max(0, int(math.floor(corners[:, 1].min())) - pad)
+    x1 = min(w, int(math.ceil(corners[:, 0].max())) + pad + 1)
+    y1 = min(h, int(math.ceil(corners[:, 1].max())) + pad + 1)
+    if x1 - x0 < f or y1 - y0 < f:
+        return np.full((out_h, out_w), border, dtype=np.float32)
+    # extend to a multiple of f inside the image where possible, else drop the remainder
+    x1 = min(w, x0 + -(-(x1 - x0) // f) * f)
+    y1 = min(h, y0 + -(-(y1 - y0) // f) * f)
+    x1 = x0 + (x1 - x0) // f * f
+    y1 = y0 + (y1 - y0) // f * f
+    sub = image[y0:y1, x0:x1]
+    if sub.dtype != np.float32:
+        sub = sub.astype(np.float32)
+    # image -> sub-region (translation) -> block average by f
+    to_sub = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]])
+    if f > 1:
+        sub = cv2.resize(sub, ((x1 - x0) // f, (y1 - y0) // f), interpolation=cv2.INTER_AREA)
+        to_sub = compose(scale_matrix(1.0 / f), to_sub)
+    residual = compose(A, invert_affine(to_sub))
+    return cv2.warpAffine(
+        np.ascontiguousarray(sub),
+        residual,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=float(border),
+    )

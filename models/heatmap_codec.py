@@ -1,0 +1,161 @@
+"""Heatmap encoding and decoding, kept apart from the network code.
+
+Conventions: a heatmap of stride ``s`` over an input of pixels has its pixel ``j`` centred
+on input coordinate ``(j + 0.5) * s - 0.5`` (pixel centres, origin at the centre of the
+top-left pixel, as everywhere in legalign).  ``to_heatmap``/``from_heatmap`` convert.
+
+Encoding: one unnormalised Gaussian (peak 1) per landmark, at the sub-pixel position.
+Decoding: the arg-max pixel, then a sub-pixel refinement by a second-order Taylor
+expansion of the log of the (slightly smoothed) heatmap at the maximum (the "DARK"
+refinement of Zhang et al. 2020), which is exact for a Gaussian peak.  The confidence
+of a landmark is the heatmap's peak value clipped to [0, 1] (the targets peak at 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-10
+
+
+def to_heatmap(xy: np.ndarray, stride: float) -> np.ndarray:
+    """Input-pixel coordinates -> heatmap-pixel coordinates."""
+    return (np.asarray(xy, dtype=np.float64) + 0.5) / stride - 0.5
+
+
+def from_heatmap(xy: np.ndarray, stride: float) -> np.ndarray:
+    """Heatmap-pixel coordinates -> input-pixel coordinates."""
+    return (np.asarray(xy, dtype=np.float64) + 0.5) * stride - 0.5
+
+
+def encode(
+    points: np.ndarray, valid: np.ndarray, shape: tuple[int, int], sigma: float
+) -> np.ndarray:
+    """Gaussian target heatmaps.
+
+    ``points``: (K, 2) heatmap-pixel (x, y); ``valid``: (K,) bool.  Returns float32
+    (K, H, W); channels of invalid points are zero.  Points outside the map still put
+    their tail inside it, which is what a landmark just outside a crop looks like.
+    """
+    h, w = shape
+    k = len(points)
+    out = np.zeros((k, h, w), dtype=np.float32)
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    inv = 1.0 / (2.0 * sigma * sigma)
+    for i in range(k):
+        if not valid[i]:
+            continue
+        x, y = float(points[i][0]), float(points[i][1])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        gx = np.exp(-((xs - x) ** 2) * inv)
+        gy = np.exp(-((ys - y) ** 2) * inv)
+        out[i] = gy * gx
+    return out
+
+
+def _smooth(hm: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian smoothing of the last two axes (keeps a Gaussian peak's centre)."""
+    if sigma <= 0:
+        return hm
+    r = max(1, int(round(2.5 * sigma)))
+    t = np.arange(-r, r + 1, dtype=np.float32)
+    kern = np.exp(-(t**2) / (2 * sigma * sigma))
+    kern /= kern.sum()
+    pad = [(0, 0)] * (hm.ndim - 2) + [(r, r), (r, r)]
+    p = np.pad(hm, pad, mode="edge")
+    # convolve along x then y with sliding sums
+    acc = np.zeros(p.shape[:-1] + (hm.shape[-1],), dtype=np.float32)
+    for i, c in enumerate(kern):
+        acc += c * p[..., i : i + hm.shape[-1]]
+    out = np.zeros(hm.shape, dtype=np.float32)
+    for i, c in enumerate(kern):
+        out += c * acc[..., i : i + hm.shape[-2], :]
+    return out
+
+
+def refine_at(hm: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """Sub-pixel offsets (N, 2) at integer peaks ``(ix, iy)`` of maps ``hm`` (N, H, W).
+
+    Newton step on log(hm) with central differences; offsets are clipped to +-1 pixel.
+    """
+    n, h, w = hm.shape
+    lg = np.log(np.maximum(hm, EPS))
+    idx = np.arange(n)
+    x0 = np.clip(ix, 1, w - 2)
+    y0 = np.clip(iy, 1, h - 2)
+
+    def at(dx: int, dy: int) -> np.ndarray:
+        return lg[idx, y0 + dy, x0 + dx]
+
+    c = at(0, 0)
+    dx = 0.5 * (at(1, 0) - at(-1, 0))
+    dy = 0.5 * (at(0, 1) - at(0, -1))
+    dxx = at(1, 0) - 2 * c + at(-1, 0)
+    dyy = at(0, 1) - 2 * c + at(0, -1)
+    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    det = dxx * dyy - dxy * dxy
+    ok = (det > 1e-12) & (dxx < 0) & (dyy < 0)
+    safe = np.where(ok, det, 1.0)
+    ox = np.where(ok, -(dyy * dx - dxy * dy) / safe, 0.0)
+    oy = np.where(ok, -(dxx * dy - dxy * dx) / safe, 0.0)
+    off = np.stack([ox, oy], axis=1)
+    off = np.clip(off, -1.0, 1.0)
+    # points clamped away from the border keep their integer position's frame
+    base = np.stack([x0, y0], axis=1).astype(np.float64)
+    exact = np.stack([ix, iy], axis=1).astype(np.float64)
+    return base + off - exact
+
+
+def decode(
+    heatmaps: np.ndarray, smooth_sigma: float = 1.0, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode heatmaps (..., H, W) -> (coords (..., 2) heatmap px, confidence (...)).
+
+    ``mask`` (broadcastable to (..., H, W), bool) restricts the arg-max to a region.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    lead = hm.shape[:-2]
+    h, w = hm.shape[-2:]
+    flat = hm.reshape(-1, h, w)
+    search = flat
+    if mask is not None:
+        m = np.broadcast_to(mask, hm.shape).reshape(-1, h, w)
+        search = np.where(m, flat, -np.inf)
+    arg = search.reshape(len(flat), -1).argmax(axis=1)
+    iy, ix = np.divmod(arg, w)
+    conf = flat[np.arange(len(flat)), iy, ix]
+    sm = _smooth(flat, smooth_sigma)
+    off = refine_at(sm, ix, iy)
+    xy = np.stack([ix, iy], axis=1).astype(np.float64) + off
+    return xy.reshape(*lead, 2), np.clip(conf, 0.0, 1.0).reshape(lead)
+
+
+def find_peaks(
+    heatmap: np.ndarray, threshold: float, min_distance: int, max_peaks: int
+) -> list[tuple[int, int, float]]:
+    """Local maxima of one (H, W) map above ``threshold``: [(ix, iy, value)], best first."""
+    from scipy.ndimage import maximum_filter
+
+    size = 2 * int(min_distance) + 1
+    mx = maximum_filter(heatmap, size=size, mode="constant", cval=-np.inf)
+    cand = np.argwhere((heatmap == mx) & (heatmap >= threshold))
+    vals = heatmap[cand[:, 0], cand[:, 1]]
+    order = np.argsort(-vals)
+    out: list[tuple[int, int, float]] = []
+    for i in order:
+        y, x = (int(v) for v in cand[i])
+        if all((x - px) ** 2 + (y - py) ** 2 > min_distance**2 for px, py, _ in out):
+            out.append((x, y, float(vals[i])))
+        if len(out) >= max_peaks:
+            break
+    return out
+
+
+def disk_mask(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    """Bool (H, W) mask of heatmap pixels within ``radius`` of ``centre`` (x, y)."""
+    h, w = shape
+    ys = np.arange(h)[:, None]
+    xs = np.arange(w)[None, :]
+    return (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 <= radius * radius

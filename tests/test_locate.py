@@ -1,0 +1,241 @@
+"""Locator geometry: coarse grouping, sides/mirroring, crop decoding, batching, checkpoints.
+
+The networks are replaced by the training targets they are trained to produce, so these
+tests check that inference decodes exactly what training encodes (no trained model needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import (
+    DEFAULT_WEIGHTS,
+    build_nets,
+    load_checkpoint,
+    make_checkpoint,
+    nets_from_checkpoint,
+    save_checkpoint,
+)
+from pipeline.errors import InputError
+from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from pipeline.locate import CoarseLeg, FineInputs, Locator, _assign_sides
+from pipeline.radiograph import Radiograph
+from training.samples import TrainFilm, coarse_sample, fine_sample
+from training.train import load_train_config
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def spec():
+    # the smoke networks with the default model's coarse canvas (fully convolutional)
+    return dataclasses.replace(load_train_config(SMOKE).model, coarse_height=256, coarse_width=128)
+
+
+@pytest.fixture(scope="module")
+def locator(spec):
+    torch.manual_seed(0)
+    coarse, fine = build_nets(spec)
+    return Locator(spec, coarse, fine, device="cpu")
+
+
+def right_leg(x0: float, y0: float, femur: float, medial: int) -> dict[str, tuple[float, float]]:
+    """A plausible leg: head at (x0, y0), medial direction ``medial`` (+1: +x)."""
+    m = medial
+    k = (x0 + m * 0.08 * femur, y0 + femur)
+    a = (x0 + m * 0.1 * femur, y0 + 1.9 * femur)
+    return {
+        "femoral_head": (x0, y0),
+        "greater_trochanter": (x0 - m * 0.14 * femur, y0 + 0.01 * femur),
+        "femoral_shaft_proximal": (x0 - m * 0.02 * femur, y0 + 0.3 * femur),
+        "femoral_shaft_distal": (x0 + m * 0.04 * femur, y0 + 0.7 * femur),
+        "femoral_condyle_medial": (k[0] + m * 0.05 * femur, k[1] + 0.01 * femur),
+        "femoral_condyle_lateral": (k[0] - m * 0.05 * femur, k[1] + 0.01 * femur),
+        "tibial_plateau_medial": (k[0] + m * 0.09 * femur, k[1] + 0.02 * femur),
+        "tibial_plateau_lateral": (k[0] - m * 0.09 * femur, k[1] + 0.02 * femur),
+        "knee_centre": k,
+        "ankle_centre": a,
+        "tibial_shaft_proximal": (k[0] + m * 0.01 * femur, k[1] + 0.25 * 0.9 * femur),
+        "tibial_shaft_distal": (k[0] + m * 0.02 * femur, k[1] + 0.75 * 0.9 * femur),
+    }
+
+
+def bilateral_film(mirrored: bool = False, h: int = 900, w: int = 500) -> TrainFilm:
+    """Two legs; on a standard film the right leg is on the viewer's left, medial +x."""
+    femur = 380.0
+    legs = [
+        LegLandmarks("right", right_leg(150.0, 80.0, femur, +1)),
+        LegLandmarks("left", right_leg(350.0, 80.0, femur, -1)),
+    ]
+    if mirrored:
+        legs = [
+            LegLandmarks(
+                leg.side, {n: ((w - 1.0) - x, y) for n, (x, y) in leg.points.items()}, mirrored=True
+            )
+            for leg in legs
+        ]
+    return TrainFilm(image=np.zeros((h, w), np.float32), legs=legs)
+
+
+def coarse_from_targets(locator, film, rg):
+    _, target, _ = coarse_sample(film, locator.spec, None, np.random.default_rng(0))
+    return locator.decode_coarse(target, rg)
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_coarse_decoding_finds_both_legs_and_sides(locator, mirrored):
+    film = bilateral_film(mirrored)
+    rg = Radiograph(path="x", pixels=film.image, mirrored=mirrored)
+    res = coarse_from_targets(locator, film, rg)
+    assert len(res.legs) == 2
+    by_side = {leg.side: leg for leg in res.legs}
+    assert set(by_side) == {"right", "left"}
+    scale = 1.0 / min(locator.spec.coarse_height / 900, locator.spec.coarse_width / 500)
+    for gt in film.legs:
+        got = by_side[gt.side]
+        assert got.mirrored == mirrored
+        assert got.medial_sign == gt.medial_sign
+        for name in locator.spec.coarse_landmarks:
+            err = np.hypot(*np.subtract(got.points[name], gt.points[name]))
+            assert err < 0.1 * scale, (gt.side, name, err)
+        assert abs(got.femur_px - 380.0 * np.hypot(1, 0.08)) < 2.0
+
+
+def test_unknown_orientation_assumes_standard_display(locator):
+    film = bilateral_film(mirrored=True)
+    rg = Radiograph(path="x", pixels=film.image, mirrored=None)
+    res = coarse_from_targets(locator, film, rg)
+    # a mirrored film read as standard: the leg on the viewer's left is called right
+    left_of_image = min(res.legs, key=lambda leg: leg.points["knee_centre"][0])
+    assert left_of_image.side == "right" and not left_of_image.mirrored
+
+
+def _leg(hx, gtx, kx):
+    return CoarseLeg(
+        points={
+            "femoral_head": (hx, 100.0),
+            "greater_trochanter": (gtx, 100.0),
+            "knee_centre": (kx, 500.0),
+        },
+        confidence={"femoral_head": 0.9, "greater_trochanter": 0.9, "knee_centre": 0.9},
+        medial_sign=0,
+        femur_px=400.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("laterality", "mirrored", "gt_dx", "side", "is_mirrored"),
+    [
+        (None, None, -50, "right", False),  # trochanter on -x: medial +x, standard display
+        (None, None, +50, "left", False),
+        ("L", None, -50, "left", True),  # laterality L but medial +x: the film is mirrored
+        ("R", None, -50, "right", False),
+        (None, True, -50, "left", True),  # DICOM says mirrored
+        ("R", True, +50, "right", True),
+    ],
+)
+def test_single_leg_side_rules(laterality, mirrored, gt_dx, side, is_mirrored):
+    leg = _leg(200.0, 200.0 + gt_dx, 210.0)
+    rg = Radiograph(
+        path="x", pixels=np.zeros((10, 10), np.float32), mirrored=mirrored, laterality=laterality
+    )
+    _assign_sides([leg], rg)
+    assert (leg.side, leg.mirrored) == (side, is_mirrored)
+
+
+def test_contradictory_trochanters_fall_back_to_midline():
+    a, b = _leg(100.0, 60.0, 110.0), _leg(300.0, 260.0, 290.0)  # both say medial +x
+    _assign_sides([a, b], Radiograph(path="x", pixels=np.zeros((10, 10), np.float32)))
+    assert (a.medial_sign, b.medial_sign) == (1, -1)
+    assert (a.side, b.side) == ("right", "left")
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_fine_targets_decode_to_ground_truth(locator, mirrored):
+    spec = locator.spec
+    film = bilateral_film(mirrored)
+    rg = Radiograph(path="x", pixels=film.image, mirrored=mirrored)
+    res = coarse_from_targets(locator, film, rg)
+    # crops placed from ground truth, like fine_sample without augmentation
+    for li, leg in enumerate(res.legs):
+        gt = next(g for g in film.legs if g.side == leg.side)
+        leg.points.update({n: gt.points[n] for n in leg.points})
+        leg.femur_px = float(
+            np.hypot(*np.subtract(gt.points["knee_centre"], gt.points["femoral_head"]))
+        )
+        mats = locator.crop_matrices(leg)
+        heat, items = [], []
+        for name, _ in mats:
+            crop = next(c for c in spec.crops if c.name == name)
+            _, target, _ = fine_sample(film, gt, crop, spec, None, np.random.default_rng(0))
+            heat.append(target)
+            items.append((li, name))
+        inputs = FineInputs(np.zeros((len(mats), 1, 1, 1), np.float32), [A for _, A in mats], items)
+        found = locator._fine_points(inputs, np.stack(heat))[li]
+        for name, (p, conf) in found.items():
+            err = np.hypot(*np.subtract(p, gt.points[name]))
+            crop_px = leg.femur_px * 0.32 / spec.fine_size
+            assert err < 0.05 * crop_px * spec.fine_net.out_stride, (name, err)
+            assert conf > 0.8
+
+
+def test_locate_batch_with_untrained_nets_is_well_formed(locator):
+    rng = np.random.default_rng(1)
+    films = [
+        Radiograph(path="a", pixels=rng.random((700, 300), dtype=np.float32)),
+        Radiograph(path="b", pixels=rng.random((400, 200), dtype=np.float32), mirrored=True),
+    ]
+    out = locator.locate_batch(films)
+    assert len(out) == 2
+    for legs in out:
+        assert len(legs) <= 2
+        for leg in legs:
+            assert isinstance(leg, LegLandmarks)
+            assert all(0.0 <= c <= 1.0 for c in leg.confidence.values())
+            assert set(leg.confidence) == set(leg.points)
+    assert locator.locate_batch([]) == []
+    x = locator.coarse_input(films[0])
+    assert (
+        x.shape == (1, locator.spec.coarse_height, locator.spec.coarse_width)
+        and x.dtype == np.float32
+    )
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path, spec):
+    torch.manual_seed(3)
+    coarse, fine = build_nets(spec)
+    for half in (False, True):
+        path = tmp_path / f"m{int(half)}.pt"
+        save_checkpoint(make_checkpoint(spec, coarse, fine, {"seed": 1}, half=half), path)
+        raw = torch.load(path, weights_only=True)  # only tensors and primitive containers
+        assert raw["landmark_names"] == list(LANDMARK_NAMES)
+        assert raw["format_version"] == 1 and raw["config"] == {"seed": 1}
+        spec2, c2, f2 = nets_from_checkpoint(load_checkpoint(path))
+        assert spec2 == spec
+        x = torch.rand(1, 1, spec.coarse_height, spec.coarse_width)
+        with torch.no_grad():
+            coarse.eval()
+            tol = 5e-2 if half else 1e-5
+            assert torch.allclose(c2(x), coarse(x), atol=tol)
+
+
+def test_bad_checkpoints_raise_input_error(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(InputError, match="not a legalign locator"):
+        load_checkpoint(bad)
+
+
+def test_shipped_default_weights_load():
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.fail(f"the default model {DEFAULT_WEIGHTS} is missing")
+    assert DEFAULT_WEIGHTS.stat().st_size < 50e6
+    loc = Locator.from_checkpoint(None)
+    assert loc.spec.fine_size >= 64

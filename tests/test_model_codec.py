@@ -1,0 +1,99 @@
+"""Heatmap codec and resampling geometry: sub-pixel exactness, masks, peaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import heatmap_codec as hc
+from models.crops import apply_affine, compose, crop_matrix, invert_affine, letterbox_matrix, warp
+
+
+def test_encode_decode_roundtrip_subpixel():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(3, 28, size=(20, 2))
+    hm = hc.encode(pts, np.ones(20, bool), (32, 32), sigma=1.5)
+    xy, conf = hc.decode(hm)
+    assert np.abs(xy - pts).max() < 0.02
+    assert np.all(conf > 0.7)
+
+
+def test_decode_at_border_and_invalid_channels():
+    pts = np.array([[0.2, 15.3], [5.0, 5.0]])
+    hm = hc.encode(pts, np.array([True, False]), (32, 32), sigma=1.5)
+    assert hm[1].max() == 0.0
+    xy, _ = hc.decode(hm[:1])
+    assert np.abs(xy[0] - pts[0]).max() < 0.5
+
+
+def test_stride_conversion_is_pixel_centred():
+    for s in (2, 4, 8):
+        x = np.array([[0.0, 10.0], [-0.5, 37.25]])
+        assert np.allclose(hc.from_heatmap(hc.to_heatmap(x, s), s), x)
+    # heatmap pixel 0 of stride 4 covers input pixels 0..3, centred on 1.5
+    assert np.allclose(hc.from_heatmap(np.zeros(2), 4), 1.5)
+
+
+def test_decode_mask_selects_second_peak():
+    pts = np.array([[8.0, 8.0], [24.0, 20.0]])
+    hm = hc.encode(pts, np.ones(2, bool), (32, 32), 1.5).max(axis=0)
+    hm[8, 8] *= 1.5  # the first peak is the global maximum
+    xy, _ = hc.decode(hm, mask=hc.disk_mask((32, 32), (23, 21), 4))
+    assert np.abs(xy - pts[1]).max() < 0.05
+
+
+def test_find_peaks_two_legs():
+    pts = np.array([[10.3, 12.0], [30.7, 13.0]])
+    hm = hc.encode(pts, np.ones(2, bool), (40, 48), 1.5).max(axis=0) * np.array([0.9, 0.6]).max()
+    peaks = hc.find_peaks(hm, 0.2, 3, 4)
+    assert len(peaks) == 2
+    assert {(p[0], p[1]) for p in peaks} == {(10, 12), (31, 13)}
+
+
+def _blob_image(h, w, pts, sigma):
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w), np.float32)
+    for x, y in pts:
+        img += np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
+    return img
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("side", [40.0, 300.0])
+def test_crop_warp_maps_points_exactly(flip, side):
+    p = (210.3, 180.7)
+    img = _blob_image(400, 420, [p], sigma=max(4.0, side / 25))
+    A = crop_matrix((200.0, 190.0), side, 64, flip)
+    crop = warp(img, A, (64, 64))
+    xy, _ = hc.decode(crop, smooth_sigma=0.0)
+    back = apply_affine(invert_affine(A), xy)
+    # bilinear resampling of a sampled blob moves its decoded peak by < 0.15 output px
+    assert np.abs(back - np.array(p)).max() < 0.15 * side / 64
+    # the mirror puts a medial (+x) point on the other side
+    u = apply_affine(A, np.array(p))
+    assert (u[0] < 31.5) == flip
+
+
+def test_letterbox_keeps_points_and_aspect():
+    h, w = 1000, 300
+    p = [(150.4, 620.2)]
+    img = _blob_image(h, w, p, sigma=12)
+    A = letterbox_matrix(h, w, 128, 64)
+    out = warp(img, A, (128, 64))
+    xy, _ = hc.decode(out, smooth_sigma=0.0)
+    assert np.abs(apply_affine(invert_affine(A), xy) - np.array(p[0])).max() < 0.3
+    assert np.isclose(A[0, 0], A[1, 1])
+
+
+def test_affine_helpers():
+    A = crop_matrix((10.0, 20.0), 50.0, 32, True, 7.0)
+    B = letterbox_matrix(100, 50, 64, 32)
+    p = np.array([[3.0, 4.0], [40.0, 9.0]])
+    assert np.allclose(apply_affine(compose(A, B), p), apply_affine(A, apply_affine(B, p)))
+    assert np.allclose(apply_affine(invert_affine(A), apply_affine(A, p)), p)
+
+
+def test_warp_outside_image_is_border():
+    img = np.ones((50, 50), np.float32)
+    A = crop_matrix((500.0, 500.0), 20.0, 16, False)
+    assert np.all(warp(img, A, (16, 16), border=0.0) == 0.0)
