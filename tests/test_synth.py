@@ -96,12 +96,22 @@ def test_resolve_alignment_inputs():
     assert a["mpta_deg"] - a["mldfa_deg"] - a["jlca_deg"] == pytest.approx(3.0)
     a = resolve_alignment({"femur_length_mm": 400.0}, np.random.default_rng(2))
     assert a["femur_length_mm"] == 400.0
+    with pytest.raises(InputError, match="femur_length_mm=300 is outside 360-620 mm"):
+        resolve_alignment({"femur_length_mm": 300.0}, rng)
+    a = resolve_alignment({"femur_length_mm": 300.0}, rng, scale=0.8)
+    assert a["femur_length_mm"] == 300.0
     with pytest.raises(InputError, match="must satisfy"):
         resolve_alignment(
             {"hka_deg": 0.0, "mpta_deg": 87.0, "mldfa_deg": 87.0, "jlca_deg": 1.0}, rng
         )
     with pytest.raises(InputError, match="unknown alignment key"):
         resolve_alignment({"hka": 1.0}, rng)
+    big = generate_film(0, alignment={"scale": 1.3})
+    small = generate_film(0, alignment={"scale": 0.8})
+    assert big.params["scale"] == 1.3 and small.params["scale"] == 0.8
+    assert big.image.shape[1] > small.image.shape[1]
+    with pytest.raises(InputError, match="scale"):
+        generate_film(0, alignment={"scale": 3})
     with pytest.raises(InputError, match="alignment keys"):
         generate_film(0, alignment={"both": {"hka_deg": 1.0}})
     with pytest.raises(InputError, match="size"):
@@ -256,11 +266,12 @@ def test_native_film_size_and_bits():
     [
         {"hka_deg": -25.0, "mpta_deg": 75.0, "jlca_deg": 8.0},
         {"mpta_deg": 100.0, "mldfa_deg": 70.0, "jlca_deg": 0.0},
-        {"femur_length_mm": 300.0, "tibia_length_mm": 250.0},
+        {"femur_length_mm": 365.0, "tibia_length_mm": 305.0},
+        {"femur_length_mm": 610.0, "tibia_length_mm": 510.0},
     ],
 )
 def test_extreme_requests_stay_exact_and_inside_the_film(req):
-    film = generate_film(3, legs="right", alignment={"right": req})
+    film = generate_film(3, legs="right", alignment={"scale": 1.0, "right": req})
     _check_alignment(film)
     h, w = film.image.shape
     for x, y in film.legs[0].points.values():

@@ -45,6 +45,9 @@ from .primitives import Arc, Ellipsoid, Primitive, Tube
 
 ALIGN_KEYS = ("hka_deg", "mpta_deg", "mldfa_deg", "jlca_deg")
 LENGTH_KEYS = ("femur_length_mm", "tibia_length_mm")
+# Segment lengths the bone shapes are built for, per unit of patient scale (mm); the
+# random ones stay well inside.
+LENGTH_RANGES = {"femur_length_mm": (360.0, 620.0), "tibia_length_mm": (300.0, 520.0)}
 
 # Attenuation per mm (roughly 60-80 kVp, relative to air): cortical bone, cancellous
 # bone, fatty marrow, soft tissue (water), implant metal.
@@ -82,12 +85,14 @@ def wrap_deg(a: float) -> float:
     return a
 
 
-def resolve_alignment(given: dict | None, rng: np.random.Generator) -> dict[str, float]:
+def resolve_alignment(
+    given: dict | None, rng: np.random.Generator, scale: float = 1.0
+) -> dict[str, float]:
     """Fill in an alignment: any of hka/mpta/mldfa/jlca (deg) and segment lengths (mm).
 
     Draws from a mixture of normal, varus and valgus populations what is not given;
     with three angles given the fourth follows from HKA = MPTA - mLDFA - JLCA; with all
-    four they must satisfy it.
+    four they must satisfy it.  Drawn segment lengths grow with the patient's ``scale``.
     """
     given = dict(given or {})
     unknown = sorted(set(given) - set(ALIGN_KEYS) - set(LENGTH_KEYS))
@@ -123,8 +128,8 @@ def resolve_alignment(given: dict | None, rng: np.random.Generator) -> dict[str,
     d["mldfa_deg"] = float(np.clip(d["mldfa_deg"], 78.0, 98.0))
     d["jlca_deg"] = float(np.clip(d["jlca_deg"], -3.0, 7.0))
     scale_len = rng.normal(0.0, 1.0)
-    d_fem = 438.0 * (1.0 + 0.055 * scale_len + 0.02 * rng.normal())
-    d_tib = 368.0 * (1.0 + 0.055 * scale_len + 0.02 * rng.normal())
+    d_fem = 438.0 * scale * (1.0 + 0.035 * scale_len + 0.02 * rng.normal())
+    d_tib = 368.0 * scale * (1.0 + 0.035 * scale_len + 0.02 * rng.normal())
 
     a = {k: float(given[k]) for k in ALIGN_KEYS if k in given}
     if "hka_deg" in a:
@@ -159,9 +164,12 @@ def resolve_alignment(given: dict | None, rng: np.random.Generator) -> dict[str,
     out = {k: float(a[k]) for k in ALIGN_KEYS}
     out["femur_length_mm"] = float(given.get("femur_length_mm", d_fem))
     out["tibia_length_mm"] = float(given.get("tibia_length_mm", d_tib))
-    for k in LENGTH_KEYS:
-        if not 150.0 <= out[k] <= 700.0:
-            raise InputError(f"alignment {k}={out[k]:g} is outside 150-700 mm")
+    for k, (lo, hi) in LENGTH_RANGES.items():
+        if not lo * scale <= out[k] <= hi * scale:
+            raise InputError(
+                f"alignment {k}={out[k]:g} is outside {lo * scale:g}-{hi * scale:g} mm "
+                f"({lo:g}-{hi:g} mm times the patient scale {scale:g})"
+            )
     return out
 
 
@@ -486,7 +494,7 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
             e_ta,
             22.0 * s,
             18.0 * s,
-            36.0 * s,
+            26.0 * s,
             1.4 * s,
             cx,
             ci,
@@ -516,11 +524,11 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
         Ellipsoid(
             A + t_dir * (62.0 * s) - e_ta * (6.0 * s),
             e_ta,
-            34.0 * s,
-            14.0 * s,
-            30.0 * s,
-            3.0 * s,
-            cx * 0.7,
+            32.0 * s,
+            13.0 * s,
+            20.0 * s,
+            1.0 * s,
+            ci,
             ci * 0.8,
         )
     )

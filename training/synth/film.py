@@ -348,7 +348,9 @@ def generate_film(
     ``size``: "native" (about 0.125-0.175 mm/px, a bilateral film ~2500 x 7000 px, 12-16
     bit) or "small" (1 mm/px); ``spacing_mm`` overrides the preset.  ``alignment``:
     per side ("right"/"left") any three of hka/mpta/mldfa/jlca_deg (the fourth follows
-    from HKA = MPTA - mLDFA - JLCA) and femur/tibia_length_mm; the rest is random.
+    from HKA = MPTA - mLDFA - JLCA) and femur/tibia_length_mm, and ``"scale"`` (the
+    patient's overall bone size factor, 0.7-1.4, default random 0.85-1.15); the rest
+    is random.
     ``distractors=False`` leaves out ruler, ball, markers, grid, implants, seams,
     collimation and mirroring (anatomy, exposure, blur and noise stay).
     """
@@ -357,9 +359,14 @@ def generate_film(
     if legs not in LEGS:
         raise InputError(f"legs must be one of {', '.join(LEGS)}, got {legs!r}")
     alignment = dict(alignment or {})
-    bad = sorted(set(alignment) - {"right", "left"})
+    bad = sorted(set(alignment) - {"right", "left", "scale"})
     if bad:
-        raise InputError(f"alignment keys must be 'right'/'left', got {', '.join(bad)}")
+        raise InputError(f"alignment keys must be 'right', 'left' or 'scale', got {', '.join(bad)}")
+    want_scale = alignment.pop("scale", None)
+    if want_scale is not None and not (
+        isinstance(want_scale, int | float) and 0.7 <= want_scale <= 1.4
+    ):
+        raise InputError(f"alignment scale must be a number from 0.7 to 1.4, got {want_scale!r}")
     sp_rng = _rng(seed, _S_SPACING)
     native_sp = float(sp_rng.choice(NATIVE_SPACINGS))
     bits = int(sp_rng.choice(BITS, p=[0.3, 0.3, 0.4]))
@@ -372,13 +379,15 @@ def generate_film(
 
     pr = _rng(seed, _S_PATIENT)
     scale = float(np.clip(pr.normal(1.0, 0.06), 0.85, 1.15))
+    if want_scale is not None:
+        scale = float(want_scale)
     hip_half = float(scale * np.clip(pr.normal(88.0, 5.0), 76.0, 100.0))
     obliquity = float(pr.normal(0.0, 3.0))
     sides = ["right", "left"] if legs == "both" else [legs]
     models: dict[str, LegModel] = {}
     for side in ("right", "left"):
         r = _rng(seed, _S_RIGHT if side == "right" else _S_LEFT)
-        al = resolve_alignment(alignment.get(side), r)
+        al = resolve_alignment(alignment.get(side), r, scale)
         sh = LegShape.draw(r, scale * float(np.clip(r.normal(1.0, 0.01), 0.97, 1.03)))
         # standing: the ankle sits 40-115 mm from the midline; the femur leans to suit
         ankle_half = scale * float(r.uniform(40.0, 115.0))
@@ -464,18 +473,30 @@ def generate_film(
     soft_prims.append(pelvis_soft.scaled(sp))
     if legs == "both":  # sacrum
         sac = Ellipsoid(
-            np.array([xm - x_lo, -95.0 * scale - y_top]),
+            np.array([xm - x_lo, -100.0 * scale - y_top]),
             np.array([0.0, 1.0]),
-            75.0 * scale,
-            42.0 * scale,
-            16.0 * scale,
-            2.0 * scale,
-            MU_CORTEX,
+            62.0 * scale,
+            45.0 * scale,
+            12.0 * scale,
+            1.2 * scale,
+            MU_CORTEX * 0.6,
             0.008,
         )
-        buf, box = render_group([sac.scaled(sp)], shape, tex, tex_amp)
-        if buf is not None:
-            bone[box[1] : box[3], box[0] : box[2]] += buf
+        # pelvic brim (arcuate lines): a thin oval ring around the inlet
+        brim = Ellipsoid(
+            np.array([xm - x_lo, -8.0 * scale - y_top]),
+            np.array([1.0, 0.0]),
+            hip_half - 22.0 * scale,
+            52.0 * scale,
+            9.0 * scale,
+            3.5 * scale,
+            MU_CORTEX,
+            0.0,
+        )
+        for part in (sac, brim):
+            buf, box = render_group([part.scaled(sp)], shape, tex, tex_amp)
+            if buf is not None:
+                bone[box[1] : box[3], box[0] : box[2]] += buf
     bone_cols = np.flatnonzero(bone.max(axis=0) > 0.05)
     soft_buf, box = render_group(soft_prims, shape)
     L = bone
