@@ -100,6 +100,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="stop after N newly processed files (trial runs, benchmarks)",
     )
+    # ---- Ray engine (pipeline/engine/ray_engine.py, docs/ray.md)
+    ray = p.add_argument_group("Ray engine (--engine ray; docs/ray.md)")
+    ray.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine (default); ray: a Ray cluster "
+        '(needs pip install -e ".[ray]")',
+    )
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (host:port or auto); default: start a local Ray",
+    )
+    ray.add_argument(
+        "--actors",
+        type=_positive_int,
+        metavar="N",
+        help="inference actors per network stage (default: one per GPU, 1 on CPU)",
+    )
+    ray.add_argument(
+        "--gpus-per-actor",
+        type=_positive_float,
+        metavar="F",
+        help="GPUs each inference actor reserves (default: shares one GPU across stages)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         raise LegalignError("; ".join(problems))
     if args.device != "cpu" and not str(args.device).startswith("cuda"):
         raise LegalignError(f"--device must be cpu or cuda[:N], got {args.device!r}")
-    if str(args.device).startswith("cuda"):
+    if str(args.device).startswith("cuda") and args.engine == "local":
         import torch
 
         if not torch.cuda.is_available():
@@ -141,7 +167,17 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         limit=args.limit,
     )
-    code, summary = run_local(args.inputs, opts)
+    if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
+        raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")
+    if args.engine == "ray":
+        from pipeline.engine.ray_engine import RayOptions, run_ray
+
+        ropts = RayOptions(
+            address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor
+        )
+        code, summary = run_ray(args.inputs, opts, ropts)
+    else:
+        code, summary = run_local(args.inputs, opts)
     print(summary.format_text())
     print(f"results: {out / 'results.parquet'}, {out / 'results.csv'}, {out / 'summary.json'}")
     return code

@@ -1,0 +1,493 @@
+"""The Ray engine behind ``legalign run --engine ray``: the same job on a Ray cluster.
+
+Ray Data is an optional extra (``pip install -e ".[ray]"``).  Data flow::
+
+    driver: INPUTs -> [skip journalled / duplicate] -> absolute paths -> dataset of paths
+      1. CPU task   read + normalise + coarse network input        (_stage_prepare)
+      2. actor      coarse network, batched; coarse decode         (_CoarseActor)
+      3. CPU task   read again + fine crops (+ thumbnail, last)    (_stage_crops)
+      4. actor      fine network, batched; fine decode / re-centre (_FineActor)
+         (3 and 4 repeat ``spec.fine_iterations`` times)
+      5. CPU task   measure + plan + outputs (JSON, overlay, SR, SC) (_stage_finish)
+    driver: iter_rows -> journal (fsync'd) per file -> results table + summary
+
+The per-file work is the local engine's own code (``pipeline.engine.local``: ``_read``,
+``_SpecOnly``, ``task_finish``, ``_finish_outputs``, ``_failure_dict``) and the locator's
+stage functions (``pipeline.locate.Locator``); the driver is a ``LocalEngine`` whose
+``run`` streams from Ray instead of a process pool (same journal, resume, table, summary).
+
+Only small arrays cross stages: the coarse input (a few hundred kB), the fine crops, the
+reduced uint8 thumbnail, the DICOM header without pixel data, landmark lists.  The film
+itself never does: a crop stage decodes the file again (the fine crops need the full
+resolution), so every film is decoded ``1 + fine_iterations`` times.  That is the price
+of keeping whole 16-bit films out of the object store, where they would cross the
+network between nodes and fill the store (docs/ray.md).
+
+Failures: a Ray Data block holds many rows and a failed block is dropped whole, so every
+stage catches errors per file and turns the row into a finished one (``status`` "done",
+``record`` the failed result's JSON); later stages pass finished rows through.  A network
+failure on a batch fails that batch's films (reason internal_error), as in the local
+engine.  Outputs are written by the workers (the output folder must be on storage every
+node can write, at the same path); the driver journals a file once its row streams back,
+after its outputs are written, so a re-run skips it (exactly as the local engine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.engine import local
+from pipeline.engine.inputs import expand_inputs
+from pipeline.engine.journal import file_key
+from pipeline.engine.local import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EngineOptions,
+    LocalEngine,
+)
+from pipeline.errors import LegalignError
+
+INSTALL_HINT = 'the Ray engine needs Ray Data: pip install -e ".[ray]"'
+
+PENDING = "pending"
+DONE = "done"
+
+
+@dataclass
+class RayOptions:
+    """How the job is laid out on the cluster (``None``: chosen from the cluster)."""
+
+    address: str | None = None  # None: start a local Ray (or use the one already running)
+    actors: int | None = None  # actors per inference stage (default: GPUs, or 1 on CPU)
+    gpus_per_actor: float | None = None  # default: 1 / number of inference stages on cuda
+    actor_cpus: float | None = None  # CPUs each actor reserves (default: see _layout)
+    files_per_block: int | None = None  # files per read task (default: 1, more for huge runs)
+    local_cpus: int | None = None  # num_cpus of a local Ray started here
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def require_ray() -> Any:
+    """Import ray and ray.data, or fail with the one-line install hint."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise LegalignError(INSTALL_HINT) from None
+    return ray
+
+
+# =============================================================== worker side
+def _ensure(opts: EngineOptions, run_id: str) -> None:
+    """Initialise this Ray worker process for this run (config, locator spec)."""
+    if local._W.get("ray_run") == run_id:
+        return
+    local._init_worker(opts, "main")  # sets local._W: opts, cfg, spec (no networks)
+    local._W["ray_run"] = run_id
+
+
+def _pack(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _done(path: str, d: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.outputs.image_json import dumps
+
+    return {"path": path, "status": DONE, "state": b"", "record": dumps(d, indent=None)}
+
+
+def _pending(path: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {"path": path, "status": PENDING, "state": _pack(state), "record": ""}
+
+
+def _fail(path: str, exc: BaseException | str, reason: str | None, opts: EngineOptions, **kw):
+    """A finished row for a failed file (its JSON written, as the local engine does)."""
+    d = local._failure_dict(path, exc, reason)
+    if isinstance(exc, BaseException) and reason == "internal_error":
+        d["traceback_tail"] = traceback.format_exc(limit=-3)[-2000:]
+    if kw.get("timings"):
+        d["timings_s"] = {k: round(v, 4) for k, v in kw["timings"].items()}
+    return _done(path, local._finish_outputs(d, None, None, opts))
+
+
+class _Geometry(local._SpecOnly):
+    """The locator's crop geometry without its networks (reads only ``self.spec``)."""
+
+    def crop_matrices(self, leg: Any) -> Any:
+        return self._cls.crop_matrices(self, leg)  # type: ignore[arg-type]
+
+    def fine_inputs(self, rad: Any, coarse: Any) -> Any:
+        return self._cls.fine_inputs(self, rad, coarse)  # type: ignore[arg-type]
+
+
+def _stage_prepare(row: dict[str, Any], opts: EngineOptions, run_id: str) -> dict[str, Any]:
+    """CPU task: read and normalise the film, cut the coarse network input."""
+    from pipeline.api import FilmInfo
+
+    _ensure(opts, run_id)
+    path = str(row["path"])
+    t0 = time.perf_counter()
+    try:
+        rad = local._read(path)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
+        return _fail(path, exc, None, opts, timings={"read": time.perf_counter() - t0})
+    t1 = time.perf_counter()
+    try:
+        state = {
+            "info": FilmInfo.from_radiograph(rad),
+            "header": local._header_only(rad),
+            "coarse_input": local._SpecOnly(local._W["spec"]).coarse_input(rad),
+            "timings": {"read": t1 - t0, "prepare": time.perf_counter() - t1},
+        }
+        return _pending(path, state)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(path, exc, "internal_error", opts)
+
+
+def _stage_crops(
+    row: dict[str, Any], opts: EngineOptions, run_id: str, last: bool
+) -> dict[str, Any]:
+    """CPU task: decode the film again and cut the fine crops around the coarse legs
+    (and, on the last pass, the overlay thumbnail)."""
+    if row["status"] != PENDING:
+        return row
+    from pipeline.outputs.overlay import thumbnail
+
+    _ensure(opts, run_id)
+    path = str(row["path"])
+    state = pickle.loads(row["state"])
+    t0 = time.perf_counter()
+    try:
+        rad = local._read(path)
+    except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
+        return _fail(path, exc, None, opts)
+    t1 = time.perf_counter()
+    try:
+        state["fine"] = _Geometry(local._W["spec"]).fine_inputs(rad, state["coarse"])
+        if last:
+            state["thumb"] = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
+            state["shape"] = (rad.height, rad.width)
+        timings = state["timings"]
+        timings["reread"] = timings.get("reread", 0.0) + (t1 - t0)
+        timings["crop"] = timings.get("crop", 0.0) + (time.perf_counter() - t1)
+        return _pending(path, state)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(path, exc, "internal_error", opts)
+
+
+def _stage_finish(row: dict[str, Any], opts: EngineOptions, run_id: str) -> dict[str, Any]:
+    """CPU task: measurements, plan and outputs through the local engine's task_finish."""
+    if row["status"] != PENDING:
+        return row
+    _ensure(opts, run_id)
+    path = str(row["path"])
+    try:
+        s = pickle.loads(row["state"])
+        p = local.Prepared(
+            path, s["info"], s["header"], s.get("thumb"), None, "", s["shape"], s["timings"]
+        )
+        return _done(path, local.task_finish(p, s["legs"], s["timings"]))
+    except Exception as exc:  # noqa: BLE001
+        return _fail(path, exc, "internal_error", opts)
+
+
+class _FilmShape:
+    """What ``Locator.decode_coarse`` reads from a radiograph: size, mirrored, laterality."""
+
+    def __init__(self, info: Any) -> None:
+        self.height = int(info.height)
+        self.width = int(info.width)
+        self.mirrored = info.mirrored
+        self.laterality = info.laterality
+
+
+class _Actor:
+    """Holds the locator (both networks) on this actor's device."""
+
+    def __init__(self, opts: EngineOptions, run_id: str, device: str, threads: int) -> None:
+        import torch
+
+        from pipeline.api import load_locator
+
+        self.opts = opts
+        self.run_id = run_id
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.locator = load_locator(opts.model, device=device)
+        self.per_film = device == "cpu"
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        rows = [
+            {k: batch[k][i] for k in ("path", "status", "state", "record")}
+            for i in range(len(batch["path"]))
+        ]
+        todo = [(i, pickle.loads(r["state"])) for i, r in enumerate(rows) if r["status"] == PENDING]
+        if todo:
+            t0 = time.perf_counter()
+            try:
+                results = self.infer([s for _, s in todo])
+            except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
+                _ensure(self.opts, self.run_id)
+                for i, _ in todo:
+                    rows[i] = _fail(str(rows[i]["path"]), exc, "internal_error", self.opts)
+            else:
+                dt = (time.perf_counter() - t0) / len(todo)
+                for (i, state), res in zip(todo, results, strict=True):
+                    path = str(rows[i]["path"])
+                    if isinstance(res, BaseException):
+                        _ensure(self.opts, self.run_id)
+                        rows[i] = _fail(path, res, "internal_error", self.opts)
+                        continue
+                    state["timings"]["locate"] = state["timings"].get("locate", 0.0) + dt
+                    rows[i] = _pending(path, state)
+        return {
+            k: np.array([r[k] for r in rows], dtype=object)
+            for k in ("path", "status", "state", "record")
+        }
+
+    def forward(self, predict: Any, per_film: list[Any]) -> Any:
+        """One network over a batch's films: one forward pass for the whole batch on a
+        GPU; on CPU one pass per film, as the local engine's CPU mode runs them, because
+        a CPU convolution's last bits depend on the batch it is in (identical rows)."""
+        import numpy as np
+
+        if not self.per_film:
+            return predict(np.concatenate(per_film, axis=0))
+        outs = [predict(x) for x in per_film if len(x)]
+        return np.concatenate(outs, axis=0) if outs else predict(per_film[0][:0])
+
+    def infer(self, states: list[dict[str, Any]]) -> list[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _CoarseActor(_Actor):
+    """Coarse network over a batch of films, then each film's coarse decode."""
+
+    def infer(self, states: list[dict[str, Any]]) -> list[Any]:
+
+        loc = self.locator
+        heat = self.forward(loc.predict_coarse, [s.pop("coarse_input")[None] for s in states])
+        out: list[Any] = []
+        for i, s in enumerate(states):
+            try:
+                s["coarse"] = loc.decode_coarse(heat[i], _FilmShape(s["info"]))
+                out.append(s)
+            except Exception as exc:  # noqa: BLE001 - this film only
+                out.append(exc)
+        return out
+
+
+class _FineActor(_Actor):
+    """Fine network over the crops of a batch of films, then re-centre (a middle pass)
+    or the final fine decode (the last pass)."""
+
+    def __init__(
+        self, opts: EngineOptions, run_id: str, device: str, threads: int, last: bool
+    ) -> None:
+        super().__init__(opts, run_id, device, threads)
+        self.last = last
+
+    def infer(self, states: list[dict[str, Any]]) -> list[Any]:
+        import numpy as np
+
+        loc = self.locator
+        inputs = [s.pop("fine") for s in states]
+        counts = [len(fi.items) for fi in inputs]
+        fheat = self.forward(loc.predict_fine, [fi.crops for fi in inputs])
+        per = np.split(fheat, np.cumsum(counts)[:-1]) if len(fheat) else [fheat] * len(inputs)
+        out: list[Any] = []
+        for s, fi, fh in zip(states, inputs, per, strict=True):
+            try:
+                if self.last:
+                    s["legs"] = loc.decode_fine(s.pop("coarse"), fi, fh)
+                else:
+                    s["coarse"] = loc._recentre(s["coarse"], fi, fh)
+                out.append(s)
+            except Exception as exc:  # noqa: BLE001 - this film only
+                out.append(exc)
+        return out
+
+
+# =============================================================== driver side
+@dataclass
+class _Layout:
+    actors: int
+    gpus_per_actor: float
+    actor_cpus: float
+    device: str
+    threads: int
+
+
+def _layout(ray: Any, opts: EngineOptions, ropts: RayOptions, n_stages: int) -> _Layout:
+    """Actors per inference stage and what each reserves.
+
+    On cuda: one actor per GPU in each stage, the stages sharing each GPU (num_gpus =
+    1 / stages), and one CPU per GPU in all (a GPU actor would otherwise reserve a whole
+    CPU).  On CPU: one actor per stage; together the actors reserve at most half the
+    cluster's CPUs, so the read tasks are never starved (they would wait forever)."""
+    res = ray.cluster_resources()
+    cpus = float(res.get("CPU", 1.0))
+    gpus = float(res.get("GPU", 0.0))
+    cuda = str(opts.device).startswith("cuda")
+    if cuda:
+        if gpus <= 0 and not ropts.gpus_per_actor:
+            raise LegalignError("--device cuda: the Ray cluster has no GPU")
+        per = ropts.gpus_per_actor or round(1.0 / n_stages, 4)
+        actors = ropts.actors or max(1, int(gpus))
+        actor_cpus = ropts.actor_cpus or round(1.0 / n_stages, 4)
+        # Ray gives each actor its own CUDA_VISIBLE_DEVICES: "cuda" is the assigned GPU
+        return _Layout(actors, per, actor_cpus, "cuda", 1)
+    actors = ropts.actors or 1
+    actor_cpus = ropts.actor_cpus or max(0.25, min(1.0, cpus / 2 / (actors * n_stages)))
+    threads = opts.torch_threads or max(1, int(actor_cpus))
+    return _Layout(actors, 0.0, actor_cpus, "cpu", threads)
+
+
+class RayEngine(LocalEngine):
+    """The local engine's driver (journal, resume, summary, table) over a Ray dataset."""
+
+    def __init__(self, inputs: list[str], opts: EngineOptions, ropts: RayOptions) -> None:
+        super().__init__(inputs, opts)
+        self.ropts = ropts
+        self.layout: _Layout | None = None
+
+    def _paths_to_do(self, done: set[int]) -> list[str]:
+        seen: set[int] = set()
+        paths: list[str] = []
+        for path in expand_inputs(self.inputs, exclude=[self.out]):
+            key = file_key(path)
+            if key in done:
+                self.summary.skipped_done += 1
+                continue
+            if key in seen:
+                self.summary.skipped_duplicate += 1
+                continue
+            seen.add(key)
+            if self.opts.limit is not None and len(paths) >= self.opts.limit:
+                break
+            # Ray workers do not share the driver's working directory
+            paths.append(os.path.abspath(path))
+        return paths
+
+    def build_dataset(self, ray: Any, paths: list[str], spec: Any, run_id: str) -> Any:
+        import ray.data
+
+        opts, ropts = self.opts, self.ropts
+        n_stages = 1 + spec.fine_iterations
+        lay = self.layout = _layout(ray, opts, ropts, n_stages)
+        per_block = ropts.files_per_block or max(1, -(-len(paths) // 20_000))
+        blocks = max(1, -(-len(paths) // per_block))
+        items = [{"path": p} for p in paths]
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        kw = {"opts": opts, "run_id": run_id}
+        ds = ds.map(_stage_prepare, fn_kwargs=kw, num_cpus=1)
+        actor_kw: dict[str, Any] = {
+            "batch_size": opts.batch_size,
+            "compute": ray.data.ActorPoolStrategy(size=lay.actors),
+            "num_cpus": lay.actor_cpus,
+            "batch_format": "numpy",
+        }
+        if lay.gpus_per_actor:
+            actor_kw["num_gpus"] = lay.gpus_per_actor
+        ctor = {"opts": opts, "run_id": run_id, "device": lay.device, "threads": lay.threads}
+        ds = ds.map_batches(_CoarseActor, fn_constructor_kwargs=ctor, **actor_kw)
+        for it in range(spec.fine_iterations):
+            last = it + 1 == spec.fine_iterations
+            ds = ds.map(_stage_crops, fn_kwargs={**kw, "last": last}, num_cpus=1)
+            ds = ds.map_batches(
+                _FineActor, fn_constructor_kwargs={**ctor, "last": last}, **actor_kw
+            )
+        ds = ds.map(_stage_finish, fn_kwargs=kw, num_cpus=1)
+        return ds.select_columns(["path", "status", "record"])
+
+    def run(self) -> int:
+        ray = require_ray()
+        from models.checkpoint import load_checkpoint
+        from models.spec import LocatorSpec
+        from pipeline.api import load_config
+
+        opts = self.opts
+        opts.out_dir = self.out = self.out.resolve()  # the workers write there
+        load_config(opts.config)  # a bad config is a usage error before any work
+        spec = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])  # fails up front
+        self._prepare_out()
+        done = self.journal.done_keys(include_failed=not opts.retry_failed)
+        start = time.perf_counter()
+        paths = self._paths_to_do(done)
+        started_here = False
+        interrupted = False
+        recorded: set[int] = set()
+        try:
+            if paths:
+                started_here = _init_ray(ray, self.ropts, opts)
+                _quiet_ray_data(opts.progress)
+                ds = self.build_dataset(ray, paths, spec, uuid.uuid4().hex)
+                self._start_progress(len(done))
+                if self.bar is not None:
+                    self.bar.total = len(paths)
+                for row in ds.iter_rows():
+                    d = json.loads(row["record"])
+                    key = file_key(d["file"])
+                    if key in recorded:  # a retried task's duplicate row
+                        continue
+                    recorded.add(key)
+                    self._record(d)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.journal.close()
+            if self.bar is not None:
+                self.bar.close()
+            if started_here:
+                ray.shutdown()
+        self.summary.elapsed_s = time.perf_counter() - start
+        self.summary.processed_this_run = self.processed
+        self._write_results()
+        if interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+
+
+def _init_ray(ray: Any, ropts: RayOptions, opts: EngineOptions) -> bool:
+    """Connect to ``address`` (or start a local Ray); True when this call started it."""
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
+    if ropts.address:
+        kw["address"] = ropts.address
+    elif not os.environ.get("RAY_ADDRESS"):
+        kw["num_cpus"] = ropts.local_cpus or opts.workers
+    try:
+        ray.init(**kw)
+    except ConnectionError as exc:
+        raise LegalignError(
+            f"cannot connect to the Ray cluster at {ropts.address}: {exc}"
+        ) from None
+    return True
+
+
+def _quiet_ray_data(progress: bool) -> None:
+    """Our own progress bar (films journalled), not Ray Data's per-operator ones."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    del progress
+
+
+def run_ray(inputs: list[str], opts: EngineOptions, ropts: RayOptions) -> tuple[int, Any]:
+    """Run the Ray engine; returns (exit code, RunSummary)."""
+    require_ray()
+    engine = RayEngine(inputs, opts, ropts)
+    code = engine.run()
+    return code, engine.summary
