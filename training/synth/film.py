@@ -399,8 +399,8 @@ def generate_film(
     lay = _rng(seed, _S_LAYOUT)
     xm = 0.0
     hips = {"right": (xm - hip_half, 0.0), "left": (xm + hip_half, obliquity)}
-    m_lat = [float(lay.uniform(85, 130)) * scale for _ in range(2)]
-    m_med = float(lay.uniform(100, 170)) * scale
+    m_lat = [float(lay.uniform(75, 150)) * scale for _ in range(2)]
+    m_med = float(lay.uniform(90, 200)) * scale
     if legs == "both":
         x_lo, x_hi = hips["right"][0] - m_lat[0], hips["left"][0] + m_lat[1]
     elif legs == "right":
@@ -412,8 +412,8 @@ def generate_film(
         sign = 1.0 if s_ == "right" else -1.0
         xs = [hips[s_][0] + sign * float(p[0]) for p in models[s_].landmarks.values()]
         x_lo, x_hi = min(x_lo, min(xs) - 12.0), max(x_hi, max(xs) + 12.0)
-    top_margin = float(lay.uniform(95, 175)) * scale
-    bottom_margin = float(lay.uniform(60, 105)) * scale
+    top_margin = float(lay.uniform(50, 220)) * scale
+    bottom_margin = float(lay.uniform(35, 150)) * scale
     mirrored = bool(lay.random() < 0.15) and distractors
     y_top = min(hips[s_][1] for s_ in sides) - top_margin
     y_bot = max(hips[s_][1] + float(models[s_].landmarks["ankle_centre"][1]) for s_ in sides)
