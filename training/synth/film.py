@@ -434,6 +434,7 @@ def generate_film(
     tex = cv2.GaussianBlur(tex_rng.standard_normal((th, tw)).astype(np.float32), (0, 0), 0.8)
     tex = _resize_to(tex / (tex.std() + 1e-6), shape)
     tex_amp = float(tex_rng.uniform(0.05, 0.12))
+    bone_gain = float(tex_rng.uniform(0.5, 1.0))  # bone / soft-tissue contrast (kVp)
     bone = np.zeros(shape, np.float32)
     soft_prims: list[Primitive] = []
     metal_prims: list[Primitive] = []
@@ -499,6 +500,7 @@ def generate_film(
                 bone[box[1] : box[3], box[0] : box[2]] += buf
     bone_cols = np.flatnonzero(bone.max(axis=0) > 0.05)
     soft_buf, box = render_group(soft_prims, shape)
+    bone *= bone_gain
     L = bone
     if soft_buf is not None:
         L[box[1] : box[3], box[0] : box[2]] += soft_buf
@@ -544,6 +546,7 @@ def generate_film(
         float(q)
         for q in np.percentile(sub, [float(ex.uniform(0.2, 3.0)), float(ex.uniform(99.3, 99.95))])
     )
+    hi += float(ex.uniform(0.0, 0.35)) * (hi - lo)  # headroom: bone not always saturated
     t = np.clip((v - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     t **= float(ex.uniform(0.75, 1.25))
     t = float(ex.uniform(0.0, 0.04)) + float(ex.uniform(0.85, 0.96)) * t
@@ -609,7 +612,12 @@ def generate_film(
         "alignment": align_out,
         "implants": implants_used,
         "distractors": distractors_used,
-        "exposure": {"blur_mm": round(blur_mm, 3), "drc": round(drc, 3), **extras},
+        "exposure": {
+            "blur_mm": round(blur_mm, 3),
+            "drc": round(drc, 3),
+            "bone_gain": round(bone_gain, 3),
+            **extras,
+        },
     }
     return SyntheticFilm(
         image=image,
