@@ -211,13 +211,12 @@ class _FilmShape:
 class _Actor:
     """Holds the locator (both networks) on this actor's device."""
 
-    def __init__(self, opts: EngineOptions, run_id: str, device: str, threads: int) -> None:
+    def __init__(self, opts: EngineOptions, device: str, threads: int) -> None:
         import torch
 
         from pipeline.api import load_locator
 
         self.opts = opts
-        self.run_id = run_id
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.locator = load_locator(opts.model, device=device)
@@ -236,7 +235,6 @@ class _Actor:
             try:
                 results = self.infer([s for _, s in todo])
             except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
-                _ensure(self.opts, self.run_id)
                 for i, _ in todo:
                     rows[i] = _fail(str(rows[i]["path"]), exc, "internal_error", self.opts)
             else:
@@ -244,7 +242,6 @@ class _Actor:
                 for (i, state), res in zip(todo, results, strict=True):
                     path = str(rows[i]["path"])
                     if isinstance(res, BaseException):
-                        _ensure(self.opts, self.run_id)
                         rows[i] = _fail(path, res, "internal_error", self.opts)
                         continue
                     state["timings"]["locate"] = state["timings"].get("locate", 0.0) + dt
@@ -290,10 +287,8 @@ class _FineActor(_Actor):
     """Fine network over the crops of a batch of films, then re-centre (a middle pass)
     or the final fine decode (the last pass)."""
 
-    def __init__(
-        self, opts: EngineOptions, run_id: str, device: str, threads: int, last: bool
-    ) -> None:
-        super().__init__(opts, run_id, device, threads)
+    def __init__(self, opts: EngineOptions, device: str, threads: int, last: bool) -> None:
+        super().__init__(opts, device, threads)
         self.last = last
 
     def infer(self, states: list[dict[str, Any]]) -> list[Any]:
@@ -398,7 +393,7 @@ class RayEngine(LocalEngine):
         }
         if lay.gpus_per_actor:
             actor_kw["num_gpus"] = lay.gpus_per_actor
-        ctor = {"opts": opts, "run_id": run_id, "device": lay.device, "threads": lay.threads}
+        ctor = {"opts": opts, "device": lay.device, "threads": lay.threads}
         ds = ds.map_batches(_CoarseActor, fn_constructor_kwargs=ctor, **actor_kw)
         for it in range(spec.fine_iterations):
             last = it + 1 == spec.fine_iterations
