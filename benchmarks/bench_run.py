@@ -1,0 +1,251 @@
+"""Throughput of `legalign run` on native-size 16-bit DICOM films (not a test).
+
+    .venv/bin/python benchmarks/bench_run.py --n 8 --workers 2
+
+Reports, for uncompressed (explicit VR little endian) and JPEG 2000 lossless films:
+
+- decode-only rate: pydicom pixel decoding alone in ``--workers`` processes (the bound
+  for a compressed archive);
+- read rate: decode + grey-level normalisation (pipeline.read) in the same processes;
+- per-stage time per film, measured in one process (read, thumbnail, locate, measure +
+  plan, write: overlay PNG, DICOM SR, Secondary Capture, JSON);
+- end to end: the local engine (``legalign run`` with every output) in each --mode, as
+  films/s over the whole run (worker start-up included) and in steady state (first to
+  last finished film).
+
+The films are made once with training.synth (``--size native``, 16 bits stored) and kept
+in ``--data``.  The model is ``--model``, else the shipped default, else a randomly
+initialised network with the default architecture (same compute; its landmarks are
+meaningless and it may find no legs, so fewer outputs are written: the report says how
+many legs were found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SYNTAXES = {"uncompressed": "explicit", "jpeg2000": "j2k"}
+
+
+def make_films(data: Path, n: int) -> dict[str, list[Path]]:
+    from training.synth.dicom_archive import DicomOptions, write_film_dicom
+    from training.synth.film import generate_film
+
+    out: dict[str, list[Path]] = {k: [] for k in SYNTAXES}
+    for i in range(n):
+        film = None
+        for label, ts in SYNTAXES.items():
+            path = data / label / f"film{i:03d}.dcm"
+            out[label].append(path)
+            if path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if film is None:
+                film = generate_film(1000 + i, size="native")
+            opts = DicomOptions(modality="DX", bits_stored=16, transfer_syntax=ts)
+            tmp = path.with_suffix(".tmp")
+            write_film_dicom(tmp, film, opts, index=i, seed=1000 + i)
+            tmp.replace(path)
+    return out
+
+
+def model_path(arg: str | None, data: Path) -> tuple[str | None, str]:
+    if arg:
+        return arg, f"given: {arg}"
+    from models.checkpoint import DEFAULT_WEIGHTS
+
+    if DEFAULT_WEIGHTS.is_file():
+        return None, f"shipped default ({DEFAULT_WEIGHTS.name})"
+    import yaml
+
+    from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
+    from models.spec import LocatorSpec
+
+    spec = LocatorSpec.from_dict(
+        yaml.safe_load((REPO / "configs" / "train_default.yaml").read_text())["model"]
+    )
+    path = data / "random_default_arch.pt"
+    coarse, fine = build_nets(spec)
+    save_checkpoint(make_checkpoint(spec, coarse, fine, half=True), path)
+    return str(path), "RANDOM weights, default architecture (no default checkpoint committed)"
+
+
+def _init() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _decode(path: str) -> int:
+    import pydicom
+
+    return int(pydicom.pixels.pixel_array(path).size)
+
+
+def _read(path: str) -> int:
+    from pipeline.read import read_radiograph
+
+    return int(read_radiograph(path).pixels.size)
+
+
+def pool_rate(fn, files: list[Path], workers: int) -> float:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init) as pool:
+        list(pool.map(fn, [str(files[0])] * workers))  # warm the workers (imports)
+        t0 = time.perf_counter()
+        list(pool.map(fn, [str(f) for f in files]))
+        return len(files) / (time.perf_counter() - t0)
+
+
+def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, float]:
+    """Seconds per film for each stage, one process, one thread."""
+    import pydicom
+    import torch
+
+    torch.set_num_threads(1)
+    _init()
+    from pipeline.api import FilmInfo, load_config, load_locator, result_from_legs
+    from pipeline.engine.local import EngineOptions, _finish_outputs
+    from pipeline.outputs.overlay import thumbnail
+    from pipeline.read import read_radiograph
+
+    loc = load_locator(model)
+    cfg = load_config()
+    for sub in ("images", "overlays", "dicom"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    opts = EngineOptions(out_dir=out)
+    tot: dict[str, float] = {}
+    legs_found = 0
+    for i, f in enumerate([files[0], *files]):  # the first film warms caches, not counted
+        t = {}
+        t0 = time.perf_counter()
+        pydicom.pixels.pixel_array(str(f))
+        t["decode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rad = read_radiograph(str(f))
+        t["read (decode+normalise)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        thumb = thumbnail(rad.pixels)
+        t["thumbnail"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        legs = loc.locate(rad)
+        t["locate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        d = result_from_legs(FilmInfo.from_radiograph(rad), legs, cfg).to_dict()
+        t["measure+plan"] = time.perf_counter() - t0
+        header = rad.header
+        del rad
+        t0 = time.perf_counter()
+        _finish_outputs(d, header, thumb, opts)
+        t["write (overlay, SR, SC, JSON)"] = time.perf_counter() - t0
+        if i == 0:
+            continue
+        legs_found += len(d["legs"]) if d["status"] != "failed" else 0
+        for k, v in t.items():
+            tot[k] = tot.get(k, 0.0) + v
+    n = len(files)
+    res = {k: v / n for k, v in tot.items()}
+    res["legs found per film"] = legs_found / n
+    return res
+
+
+def end_to_end(files: list[Path], model: str | None, workers: int, mode: str, out: Path) -> dict:
+    from pipeline.engine.local import EngineOptions, LocalEngine
+
+    if out.exists():
+        shutil.rmtree(out)
+    list_file = out.parent / f"{out.name}.txt"
+    list_file.write_text("".join(f"{f}\n" for f in files))
+    opts = EngineOptions(
+        out_dir=out, model=model, workers=workers, mode=mode, progress=False, batch_size=4
+    )
+    engine = LocalEngine([str(list_file)], opts)
+    stamps: list[float] = []
+    record = engine._record
+
+    def stamped(d):
+        stamps.append(time.perf_counter())
+        record(d)
+
+    engine._record = stamped  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    code = engine.run()
+    wall = time.perf_counter() - t0
+    s = engine.summary.to_dict()
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    return {
+        "exit_code": code,
+        "films": len(files),
+        "failed": s["files_failed"],
+        "failures": s["failures_by_reason"],
+        "legs": s["legs_total"],
+        "wall_s": round(wall, 2),
+        "films_per_s_total": round(len(files) / wall, 3),
+        "films_per_s_steady": None if steady is None else round(steady, 3),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=8, help="films per transfer syntax (default 8)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--data", type=Path, default=Path("/tmp/legalign-bench"))
+    ap.add_argument("--modes", nargs="+", default=["worker", "main"], choices=["worker", "main"])
+    ap.add_argument("--syntaxes", nargs="+", default=list(SYNTAXES), choices=list(SYNTAXES))
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+
+    args.data.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    films = make_films(args.data, args.n)
+    print(f"films ready in {time.perf_counter() - t0:.1f} s under {args.data}", flush=True)
+    model, model_note = model_path(args.model, args.data)
+    import pydicom
+
+    ds = pydicom.dcmread(films["uncompressed"][0], stop_before_pixels=True)
+    report: dict = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        "films": f"{args.n} per syntax, {ds.Columns} x {ds.Rows}, {ds.BitsStored} bits stored",
+        "model": model_note,
+        "workers": args.workers,
+        "results": {},
+    }
+    for label in args.syntaxes:
+        files = films[label]
+        r: dict = {}
+        r["decode_only_films_per_s"] = round(pool_rate(_decode, files, args.workers), 3)
+        r["read_films_per_s"] = round(pool_rate(_read, files, args.workers), 3)
+        st = stage_times(files, model, args.data / f"stages_{label}")
+        r["stage_s_per_film_1_process"] = {k: round(v, 4) for k, v in st.items()}
+        for mode in args.modes:
+            r[f"end_to_end_{mode}"] = end_to_end(
+                files, model, args.workers, mode, args.data / f"out_{label}_{mode}"
+            )
+            e2e = r[f"end_to_end_{mode}"]["films_per_s_steady"] or 0.0
+            r[f"end_to_end_{mode}"]["ratio_to_decode_only"] = round(
+                e2e / r["decode_only_films_per_s"], 3
+            )
+        report["results"][label] = r
+        print(json.dumps({label: r}, indent=2), flush=True)
+    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
