@@ -101,7 +101,10 @@ def _read(path: str) -> int:
 
 
 def pool_rate(fn, files: list[Path], workers: int) -> float:
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init) as pool:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")  # never fork a process that has started threads
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init, mp_context=ctx) as pool:
         list(pool.map(fn, [str(files[0])] * workers))  # warm the workers (imports)
         t0 = time.perf_counter()
         list(pool.map(fn, [str(f) for f in files]))

@@ -65,6 +65,7 @@ FAILURE_REASONS: tuple[str, ...] = (
     "no_legs_found",  # the locator found no leg with its core landmarks
     "internal_error",  # a bug: an unexpected exception (message recorded)
     "worker_crashed",  # the worker process died on this file (e.g. decoder segfault)
+    "timeout",  # still running after --file-timeout seconds (killed)
 )
 
 

@@ -60,6 +60,17 @@ def archive(tmp_path_factory):
         p = root / ("a/b" if i % 2 else "a") / f"film{i}.dcm"
         _write_film(p, 100 + i, transfer_syntax=ts, photometric=photo)
         good.append(p)
+    # rasters: 16-bit PNG, 16-bit TIFF, 8-bit JPEG
+    import cv2
+    import tifffile
+
+    from training.synth.film import generate_film
+
+    img16 = generate_film(150, size="small").image
+    cv2.imwrite(str(root / "a" / "film16.png"), img16)
+    tifffile.imwrite(root / "a" / "film16.tif", img16)
+    cv2.imwrite(str(root / "film8.jpg"), (img16 >> 8).astype(np.uint8))
+    good += [root / "a" / "film16.png", root / "a" / "film16.tif", root / "film8.jpg"]
     bad = {}
     data = good[0].read_bytes()
     (root / "truncated.dcm").write_bytes(data[: len(data) // 3])
@@ -136,6 +147,8 @@ def test_journal_repair_and_latest(tmp_path):
 
 # ----------------------------------------------------------------- end to end
 def test_run_dicom_archive_records_failures_and_resumes(tmp_path, archive, tiny_ckpt):
+    import pandas as pd
+
     root, good, bad = archive
     out = tmp_path / "out"
     proc = _run([root, "--out", out, "--model", tiny_ckpt, "--workers", "2", "--no-progress"])
@@ -152,8 +165,11 @@ def test_run_dicom_archive_records_failures_and_resumes(tmp_path, archive, tiny_
     for p in good:
         row = by_file.loc[str(p)]
         # random weights: the film decodes; legs may or may not be "found"
-        assert row.width > 0 and row.spacing_source is not None
-        assert row.sop_instance_uid
+        assert row.width > 0
+        if p.suffix == ".dcm":
+            assert row.sop_instance_uid and row.spacing_source is not None
+        else:
+            assert pd.isna(row.spacing_source) and pd.isna(row.spacing_mm)
         assert row.status in ("ok", "partial", "failed")
         if row.status == "failed":
             assert row.error_reason == "no_legs_found"
@@ -169,8 +185,6 @@ def test_run_dicom_archive_records_failures_and_resumes(tmp_path, archive, tiny_
     assert summary["processed_this_run"] == len(expected)
     assert "files/s" in proc.stdout and "failures by reason" in proc.stdout
     # csv matches parquet
-    import pandas as pd
-
     assert len(pd.read_csv(out / "results.csv")) == len(df)
 
     # re-run: everything is skipped, results unchanged
@@ -292,6 +306,35 @@ def test_exit_codes(tmp_path, tiny_ckpt):
     assert usage.returncode == 2
 
 
+def test_huge_and_missing_spacing_are_recorded_failures(tmp_path, tiny_ckpt):
+    import cv2
+
+    dcm = tmp_path / "big.dcm"
+    _write_film(dcm, 300)
+    png = tmp_path / "tiny.png"
+    cv2.imwrite(str(png), (np.arange(400, dtype=np.uint16).reshape(20, 20) * 100))
+    out = tmp_path / "out"
+    proc = _run(
+        [
+            dcm,
+            png,
+            "--out",
+            out,
+            "--model",
+            tiny_ckpt,
+            "--workers",
+            "1",
+            "--max-pixels",
+            "1000",
+            "--require-spacing",
+            "--no-progress",
+        ]
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    reasons = dict(zip(_results(out).file, _results(out).error_reason, strict=True))
+    assert reasons == {str(dcm): "too_large", str(png): "no_spacing"}
+
+
 def test_engine_outputs_for_a_dicom_film(tmp_path):
     """What the engine writes for one DICOM film with legs: JSON, overlay, SR, SC, all
     inside --out, SR/SC in the source's study with stable UIDs on a re-write."""
@@ -336,3 +379,35 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
             errors = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
             assert errors == [], rel
     assert np.asarray(sc.pixel_array).ndim == 3
+
+
+@pytest.mark.slow
+def test_file_timeout_kills_and_records_without_stopping_the_run(tmp_path, tiny_ckpt):
+    """A file that runs too long (here: any file, with a 0.5 s limit that worker start-up
+    alone exceeds) is killed and recorded; the run goes on and ends."""
+    films = [tmp_path / "a.dcm", tmp_path / "b.dcm"]
+    for i, p in enumerate(films):
+        _write_film(p, 400 + i)
+    out = tmp_path / "out"
+    t0 = time.time()
+    proc = _run(
+        [
+            *films,
+            "--out",
+            out,
+            "--model",
+            tiny_ckpt,
+            "--workers",
+            "1",
+            "--file-timeout",
+            "0.5",
+            "--no-progress",
+        ],
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert time.time() - t0 < 110
+    df = _results(out)
+    assert sorted(df.file) == sorted(map(str, films))
+    assert set(df.error_reason) == {"timeout"}
+    assert all("--file-timeout" in e for e in df.error)

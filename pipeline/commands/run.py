@@ -93,6 +93,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="on resume, process again the files that failed before",
     )
+    p.add_argument(
+        "--file-timeout",
+        type=_positive_float,
+        default=900.0,
+        metavar="S",
+        help="a file still processing after S seconds is killed and recorded (reason timeout; default 900)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--limit",
@@ -166,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         limit=args.limit,
+        file_timeout_s=args.file_timeout,
     )
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
         raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")

@@ -73,6 +73,7 @@ class EngineOptions:
     progress: bool = True
     torch_threads: int | None = None
     max_in_flight: int | None = None
+    file_timeout_s: float | None = 900.0  # a file still running after this is killed
     limit: int | None = None  # stop after this many newly processed files (benchmarks)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -442,6 +443,7 @@ class LocalEngine:
         self.journal = Journal(self.out)
         self.summary = RunSummary()
         self.in_flight: dict[Future, tuple[str, Any]] = {}
+        self.running_since: dict[Future, float] = {}
         self.quarantine: deque[_Item] = deque()
         self.ready: list[tuple[_Item, Prepared]] = []
         self.locator: Any = None
@@ -495,7 +497,10 @@ class LocalEngine:
         start = time.perf_counter()
         self._start_progress(len(done))
         seen: set[int] = set()
+        # files between the input generator and the journal; in mode "main" the decoded
+        # films waiting for the networks (shared memory) are bounded separately
         max_in_flight = opts.max_in_flight or max(4, 3 * opts.workers + 2 * opts.batch_size)
+        max_films = opts.batch_size + 2 * opts.workers
         pool = self._new_pool()
         gen = expand_inputs(self.inputs, exclude=[self.out])
         exhausted = False
@@ -503,7 +508,12 @@ class LocalEngine:
         try:
             while True:
                 # feed
-                while not exhausted and self._feedable() and len(self.in_flight) < max_in_flight:
+                while (
+                    not exhausted
+                    and self._feedable()
+                    and len(self.in_flight) + len(self.ready) < max_in_flight
+                    and (self.mode != "main" or self._films_held() < max_films)
+                ):
                     if (
                         opts.limit is not None
                         and self.processed + len(self.in_flight) + len(self.ready) >= opts.limit
@@ -548,6 +558,7 @@ class LocalEngine:
                 broken = False
                 for fut in finished:
                     kind, payload = self.in_flight.pop(fut)
+                    self.running_since.pop(fut, None)
                     try:
                         res = fut.result()
                     except BrokenProcessPool:
@@ -558,10 +569,13 @@ class LocalEngine:
                         self._record(_failure_dict(_item_path(payload), exc, "internal_error"))
                         continue
                     self._handle(pool, kind, payload, res)
+                if not broken and self._timed_out(pool):
+                    broken = True
                 if broken:
                     for kind, payload in list(self.in_flight.values()):
                         self._suspect(kind, payload)
                     self.in_flight.clear()
+                    self.running_since.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._new_pool()
         except KeyboardInterrupt:
@@ -579,6 +593,42 @@ class LocalEngine:
         if interrupted:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+
+    def _timed_out(self, pool: ProcessPoolExecutor) -> bool:
+        """Record files running longer than file_timeout_s as failed ("timeout") and kill
+        the pool's processes (the other files in flight are retried)."""
+        limit = self.opts.file_timeout_s
+        if not limit:
+            return False
+        now = time.monotonic()
+        late = []
+        for fut in self.in_flight:
+            if fut.running():
+                since = self.running_since.setdefault(fut, now)
+                if now - since > limit:
+                    late.append(fut)
+        if not late:
+            return False
+        for fut in late:
+            kind, payload = self.in_flight.pop(fut)
+            self.running_since.pop(fut, None)
+            self._record(
+                _failure_dict(
+                    _item_path(payload),
+                    f"{_item_path(payload)}: still running after {limit:g} s (--file-timeout); killed",
+                    "timeout",
+                )
+            )
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        return True
+
+    def _films_held(self) -> int:
+        """Mode "main": decoded films in flight or waiting for the networks."""
+        return len(self.ready) + sum(1 for k, _ in self.in_flight.values() if k == "prepare")
 
     def _feedable(self) -> bool:
         # while suspects of a worker crash are retried one at a time, feed nothing else
