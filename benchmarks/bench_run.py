@@ -200,7 +200,9 @@ def end_to_end(files: list[Path], model: str | None, workers: int, mode: str, ou
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=8, help="films per transfer syntax (default 8)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default=None)
