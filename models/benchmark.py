@@ -1,0 +1,79 @@
+"""Time ``Locator.locate`` on native-resolution synthetic films (CPU by default).
+
+    python -m models.benchmark [--checkpoint PATH] [--films 3] [--repeats 5] [--threads 2]
+
+Prints the per-stage and total seconds per film (median over repeats, after a warm-up),
+and the landmark errors against the films' ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="default: the shipped model")
+    p.add_argument("--films", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=2_000_000)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import numpy as np
+    import torch
+
+    from pipeline.locate import Locator
+    from training.datasets import load_dataset
+    from training.samples import film_from_annotated
+    from training.train import evaluate_films, format_eval
+
+    torch.set_num_threads(args.threads)
+    loc = Locator.from_checkpoint(args.checkpoint, device=args.device)
+    ds = load_dataset(f"synthetic:{args.films}:native", seed=args.seed)
+    films = [film_from_annotated(ds[i]) for i in range(len(ds))]
+    from pipeline.radiograph import Radiograph
+
+    stage_t: dict[str, list[float]] = {
+        "coarse_input": [],
+        "coarse_net": [],
+        "fine_inputs": [],
+        "fine_net": [],
+        "total": [],
+    }
+    for f in films:
+        rg = Radiograph(path=f.source, pixels=f.image, spacing_mm=f.spacing_mm)
+        loc.locate(rg)  # warm-up
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            x = loc.coarse_input(rg)
+            t1 = time.perf_counter()
+            heat = loc.predict_coarse(x[None])
+            coarse = loc.decode_coarse(heat[0], rg)
+            t2 = time.perf_counter()
+            fi = loc.fine_inputs(rg, coarse)
+            t3 = time.perf_counter()
+            fh = loc.predict_fine(fi.crops)
+            loc.decode_fine(coarse, fi, fh)
+            t4 = time.perf_counter()
+            t5 = time.perf_counter()
+            loc.locate(rg)
+            t6 = time.perf_counter()
+            for k, v in zip(stage_t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t6 - t5), strict=True):
+                stage_t[k].append(v)
+    h, w = films[0].image.shape
+    print(
+        f"{len(films)} native synthetic films (~{w} x {h} px), {args.threads} threads, device {args.device}"
+    )
+    for k, v in stage_t.items():
+        print(f"  {k:13s} {np.median(v):.3f} s/film (median)")
+    print(format_eval("native synthetic", evaluate_films(loc, films)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
