@@ -160,6 +160,29 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
     n = len(files)
     res = {k: v / n for k, v in tot.items()}
     res["legs found per film"] = legs_found / n
+    # the cost of measuring and writing when two legs are found, whatever the model finds:
+    # the first film's ground-truth landmarks (made by the generator) through the same code
+    from pipeline.landmarks import LegLandmarks
+    from training.synth.film import generate_film
+
+    film = generate_film(1000, size="native")
+    rad = read_radiograph(str(files[0]))
+    thumb = thumbnail(rad.pixels)
+    gt = [
+        LegLandmarks(g.side, dict(g.points), {k: 0.9 for k in g.points}, g.mirrored)
+        for g in film.legs
+    ]
+    reps = 3
+    t_meas = t_write = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        d = result_from_legs(FilmInfo.from_radiograph(rad), gt, cfg).to_dict()
+        t_meas += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _finish_outputs(d, rad.header, thumb, opts)
+        t_write += time.perf_counter() - t0
+    res["measure+plan, 2 legs (ground-truth landmarks)"] = t_meas / reps
+    res["write, 2 legs (ground-truth landmarks)"] = t_write / reps
     return res
 
 

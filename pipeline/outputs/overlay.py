@@ -278,7 +278,10 @@ def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB image."""
     import cv2
 
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    # compression level 1: about twice as fast as the default 3, files ~15 % larger
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
     if not ok:
         raise OSError("PNG encoding failed")
     return buf.tobytes()
