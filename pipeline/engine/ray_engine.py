@@ -85,11 +85,16 @@ def require_ray() -> Any:
 
 
 # =============================================================== worker side
-def _ensure(opts: EngineOptions, run_id: str) -> None:
-    """Initialise this Ray worker process for this run (config, locator spec)."""
+def _ensure(opts: EngineOptions, run_id: str, spec: Any) -> None:
+    """Initialise this Ray worker process for this run: what the local engine's
+    ``_init_worker(opts, "main")`` sets, with the locator spec shipped from the driver
+    instead of every CPU worker loading the whole checkpoint to read it."""
     if local._W.get("ray_run") == run_id:
         return
-    local._init_worker(opts, "main")  # sets local._W: opts, cfg, spec (no networks)
+    from pipeline.api import load_config
+
+    local._limit_threads(1)
+    local._W.update(opts=opts, mode="main", cfg=load_config(opts.config), spec=spec)
     local._W["ray_run"] = run_id
 
 
@@ -127,11 +132,13 @@ class _Geometry(local._SpecOnly):
         return self._cls.fine_inputs(self, rad, coarse)  # type: ignore[arg-type]
 
 
-def _stage_prepare(row: dict[str, Any], opts: EngineOptions, run_id: str) -> dict[str, Any]:
+def _stage_prepare(
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
+) -> dict[str, Any]:
     """CPU task: read and normalise the film, cut the coarse network input."""
     from pipeline.api import FilmInfo
 
-    _ensure(opts, run_id)
+    _ensure(opts, run_id, spec)
     path = str(row["path"])
     t0 = time.perf_counter()
     try:
@@ -152,7 +159,7 @@ def _stage_prepare(row: dict[str, Any], opts: EngineOptions, run_id: str) -> dic
 
 
 def _stage_crops(
-    row: dict[str, Any], opts: EngineOptions, run_id: str, last: bool
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any, last: bool
 ) -> dict[str, Any]:
     """CPU task: decode the film again and cut the fine crops around the coarse legs
     (and, on the last pass, the overlay thumbnail)."""
@@ -160,7 +167,7 @@ def _stage_crops(
         return row
     from pipeline.outputs.overlay import thumbnail
 
-    _ensure(opts, run_id)
+    _ensure(opts, run_id, spec)
     path = str(row["path"])
     state = pickle.loads(row["state"])
     t0 = time.perf_counter()
@@ -182,11 +189,13 @@ def _stage_crops(
         return _fail(path, exc, "internal_error", opts)
 
 
-def _stage_finish(row: dict[str, Any], opts: EngineOptions, run_id: str) -> dict[str, Any]:
+def _stage_finish(
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
+) -> dict[str, Any]:
     """CPU task: measurements, plan and outputs through the local engine's task_finish."""
     if row["status"] != PENDING:
         return row
-    _ensure(opts, run_id)
+    _ensure(opts, run_id, spec)
     path = str(row["path"])
     try:
         s = pickle.loads(row["state"])
@@ -383,7 +392,7 @@ class RayEngine(LocalEngine):
         blocks = max(1, -(-len(paths) // per_block))
         items = [{"path": p} for p in paths]
         ds = ray.data.from_items(items, override_num_blocks=blocks)
-        kw = {"opts": opts, "run_id": run_id}
+        kw = {"opts": opts, "run_id": run_id, "spec": spec}
         ds = ds.map(_stage_prepare, fn_kwargs=kw, num_cpus=1)
         actor_kw: dict[str, Any] = {
             "batch_size": opts.batch_size,
