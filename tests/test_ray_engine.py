@@ -66,7 +66,7 @@ def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_job")
     films = root / "films"
     films.mkdir()
-    for i in (0, 1, 2, 3, 5):  # with the checkpoints here: legs found on most, not all
+    for i in (0, 1, 2, 5):  # with the checkpoints here: legs found on most, not all
         _write_film(films / f"f{i}.dcm", 300 + i, i)
     (films / "notes.dcm").write_bytes(b"not a dicom file\n")
     data = (films / "f0.dcm").read_bytes()
@@ -238,11 +238,13 @@ def test_layout_never_starves_read_tasks_and_shares_gpus():
     from pipeline.errors import LegalignError
 
     cpu = EngineOptions(out_dir=Path("."))
-    lay = _layout(_FakeRay(2), cpu, RayOptions(), n_stages=2)
-    assert lay.device == "cpu" and lay.gpus_per_actor == 0
-    assert lay.actors * 2 * lay.actor_cpus <= 1.0  # half the CPUs stay for the tasks
-    lay = _layout(_FakeRay(64), cpu, RayOptions(actors=2), n_stages=3)
-    assert lay.actor_cpus == 1.0 and lay.actors == 2
+    for cpus, stages in ((2, 2), (4, 3), (16, 2), (64, 3)):
+        lay = _layout(_FakeRay(cpus), cpu, RayOptions(), n_stages=stages)
+        assert lay.device == "cpu" and lay.gpus_per_actor == 0
+        free = cpus - lay.actors * stages * lay.actor_cpus
+        assert free >= 0.75 * cpus  # the read / crop / finish tasks keep most CPUs
+    assert _layout(_FakeRay(64), cpu, RayOptions(actors=2), n_stages=3).actor_cpus == 1.0
+    assert _layout(_FakeRay(2), cpu, RayOptions(), n_stages=2).actor_cpus == 0.0
 
     gpu = EngineOptions(out_dir=Path("."), device="cuda")
     lay = _layout(_FakeRay(32, 4), gpu, RayOptions(), n_stages=2)

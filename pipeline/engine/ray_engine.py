@@ -3,9 +3,9 @@
 Ray Data is an optional extra (``pip install -e ".[ray]"``).  Data flow::
 
     driver: INPUTs -> [skip journalled / duplicate] -> absolute paths -> dataset of paths
-      1. CPU task   read + normalise + coarse network input        (_stage_prepare)
+      1. CPU task   read + normalise; coarse input, thumbnail      (_stage_prepare)
       2. actor      coarse network, batched; coarse decode         (_CoarseActor)
-      3. CPU task   read again + fine crops (+ thumbnail, last)    (_stage_crops)
+      3. CPU task   read again + fine crops (films with legs)      (_stage_crops)
       4. actor      fine network, batched; fine decode / re-centre (_FineActor)
          (3 and 4 repeat ``spec.fine_iterations`` times)
       5. CPU task   measure + plan + outputs (JSON, overlay, SR, SC) (_stage_finish)
@@ -19,9 +19,9 @@ stage functions (``pipeline.locate.Locator``); the driver is a ``LocalEngine`` w
 Only small arrays cross stages: the coarse input (a few hundred kB), the fine crops, the
 reduced uint8 thumbnail, the DICOM header without pixel data, landmark lists.  The film
 itself never does: a crop stage decodes the file again (the fine crops need the full
-resolution), so every film is decoded ``1 + fine_iterations`` times.  That is the price
-of keeping whole 16-bit films out of the object store, where they would cross the
-network between nodes and fill the store (docs/ray.md).
+resolution), so a film with legs is decoded ``1 + fine_iterations`` times.  That is the
+price of keeping whole films out of the object store, where they would cross the network
+between nodes and fill the store (docs/ray.md).
 
 Failures: a Ray Data block holds many rows and a failed block is dropped whole, so every
 stage catches errors per file and turns the row into a finished one (``status`` "done",
@@ -56,6 +56,10 @@ from pipeline.engine.local import (
 from pipeline.errors import LegalignError
 
 INSTALL_HINT = 'the Ray engine needs Ray Data: pip install -e ".[ray]"'
+
+# Ray failed under the run (a node or the driver's connection lost, a task failing
+# after Ray's retries): results so far are written; re-running resumes (docs/ray.md)
+EXIT_RAY_STOPPED = 1
 
 PENDING = "pending"
 DONE = "done"
@@ -135,8 +139,10 @@ class _Geometry(local._SpecOnly):
 def _stage_prepare(
     row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
 ) -> dict[str, Any]:
-    """CPU task: read and normalise the film, cut the coarse network input."""
+    """CPU task: read and normalise the film, cut the coarse network input and the
+    overlay thumbnail (reduced uint8)."""
     from pipeline.api import FilmInfo
+    from pipeline.outputs.overlay import thumbnail
 
     _ensure(opts, run_id, spec)
     path = str(row["path"])
@@ -151,38 +157,37 @@ def _stage_prepare(
             "info": FilmInfo.from_radiograph(rad),
             "header": local._header_only(rad),
             "coarse_input": local._SpecOnly(local._W["spec"]).coarse_input(rad),
-            "timings": {"read": t1 - t0, "prepare": time.perf_counter() - t1},
+            "thumb": thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None,
+            "shape": (rad.height, rad.width),
         }
+        state["timings"] = {"read": t1 - t0, "prepare": time.perf_counter() - t1}
         return _pending(path, state)
     except Exception as exc:  # noqa: BLE001
         return _fail(path, exc, "internal_error", opts)
 
 
 def _stage_crops(
-    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any, last: bool
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
 ) -> dict[str, Any]:
     """CPU task: decode the film again and cut the fine crops around the coarse legs
-    (and, on the last pass, the overlay thumbnail)."""
+    (a film without legs needs no crops: it is not decoded again)."""
     if row["status"] != PENDING:
         return row
-    from pipeline.outputs.overlay import thumbnail
-
     _ensure(opts, run_id, spec)
     path = str(row["path"])
     state = pickle.loads(row["state"])
-    t0 = time.perf_counter()
-    try:
-        rad = local._read(path)
-    except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
-        return _fail(path, exc, None, opts)
+    timings = state["timings"]
+    rad = None
+    if state["coarse"].legs:
+        t0 = time.perf_counter()
+        try:
+            rad = local._read(path)
+        except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
+            return _fail(path, exc, None, opts)
+        timings["reread"] = timings.get("reread", 0.0) + (time.perf_counter() - t0)
     t1 = time.perf_counter()
     try:
         state["fine"] = _Geometry(local._W["spec"]).fine_inputs(rad, state["coarse"])
-        if last:
-            state["thumb"] = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
-            state["shape"] = (rad.height, rad.width)
-        timings = state["timings"]
-        timings["reread"] = timings.get("reread", 0.0) + (t1 - t0)
         timings["crop"] = timings.get("crop", 0.0) + (time.perf_counter() - t1)
         return _pending(path, state)
     except Exception as exc:  # noqa: BLE001
@@ -336,8 +341,11 @@ def _layout(ray: Any, opts: EngineOptions, ropts: RayOptions, n_stages: int) -> 
 
     On cuda: one actor per GPU in each stage, the stages sharing each GPU (num_gpus =
     1 / stages), and one CPU per GPU in all (a GPU actor would otherwise reserve a whole
-    CPU).  On CPU: one actor per stage; together the actors reserve at most half the
-    cluster's CPUs, so the read tasks are never starved (they would wait forever)."""
+    CPU).  On CPU: one actor per stage, each reserving one CPU when the cluster has at
+    least four CPUs per actor, else none: on a small machine the networks then share the
+    CPUs with the read tasks, as the local engine's main mode shares them with its
+    workers; reserving them would leave the read tasks (one CPU each) too few CPUs, or
+    none at all (they would wait forever)."""
     res = ray.cluster_resources()
     cpus = float(res.get("CPU", 1.0))
     gpus = float(res.get("GPU", 0.0))
@@ -347,11 +355,14 @@ def _layout(ray: Any, opts: EngineOptions, ropts: RayOptions, n_stages: int) -> 
             raise LegalignError("--device cuda: the Ray cluster has no GPU")
         per = ropts.gpus_per_actor or round(1.0 / n_stages, 4)
         actors = ropts.actors or max(1, int(gpus))
-        actor_cpus = ropts.actor_cpus or round(1.0 / n_stages, 4)
+        actor_cpus = ropts.actor_cpus if ropts.actor_cpus is not None else round(1 / n_stages, 4)
         # Ray gives each actor its own CUDA_VISIBLE_DEVICES: "cuda" is the assigned GPU
         return _Layout(actors, per, actor_cpus, "cuda", 1)
     actors = ropts.actors or 1
-    actor_cpus = ropts.actor_cpus or max(0.25, min(1.0, cpus / 2 / (actors * n_stages)))
+    if ropts.actor_cpus is not None:
+        actor_cpus = ropts.actor_cpus
+    else:
+        actor_cpus = 1.0 if cpus >= 4 * actors * n_stages else 0.0
     threads = opts.torch_threads or max(1, int(actor_cpus))
     return _Layout(actors, 0.0, actor_cpus, "cpu", threads)
 
@@ -406,7 +417,7 @@ class RayEngine(LocalEngine):
         ds = ds.map_batches(_CoarseActor, fn_constructor_kwargs=ctor, **actor_kw)
         for it in range(spec.fine_iterations):
             last = it + 1 == spec.fine_iterations
-            ds = ds.map(_stage_crops, fn_kwargs={**kw, "last": last}, num_cpus=1)
+            ds = ds.map(_stage_crops, fn_kwargs=kw, num_cpus=1)
             ds = ds.map_batches(
                 _FineActor, fn_constructor_kwargs={**ctor, "last": last}, **actor_kw
             )
@@ -429,6 +440,7 @@ class RayEngine(LocalEngine):
         paths = self._paths_to_do(done)
         started_here = False
         interrupted = False
+        stopped: BaseException | None = None
         recorded: set[int] = set()
         try:
             if paths:
@@ -447,6 +459,10 @@ class RayEngine(LocalEngine):
                     self._record(d)
         except KeyboardInterrupt:
             interrupted = True
+        except LegalignError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray itself failed (e.g. a node lost)
+            stopped = exc
         finally:
             self.journal.close()
             if self.bar is not None:
@@ -456,9 +472,23 @@ class RayEngine(LocalEngine):
         self.summary.elapsed_s = time.perf_counter() - start
         self.summary.processed_this_run = self.processed
         self._write_results()
+        if stopped is not None:
+            err = LegalignError(
+                f"the Ray run stopped ({_plain(local._one_line(stopped))}); {self.processed} files "
+                "finished in this run are journalled: re-run the same command to resume"
+            )
+            err.exit_code = EXIT_RAY_STOPPED
+            raise err
         if interrupted:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+
+
+def _plain(text: str) -> str:
+    """Without the terminal colour codes Ray puts in its task errors."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _init_ray(ray: Any, ropts: RayOptions, opts: EngineOptions) -> bool:
