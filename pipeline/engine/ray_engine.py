@@ -414,13 +414,14 @@ class RayEngine(LocalEngine):
         if lay.gpus_per_actor:
             actor_kw["num_gpus"] = lay.gpus_per_actor
         ctor = {"opts": opts, "device": lay.device, "threads": lay.threads}
-        ds = ds.map_batches(_CoarseActor, fn_constructor_kwargs=ctor, **actor_kw)
+        ds = _per_film(ds.map_batches(_CoarseActor, fn_constructor_kwargs=ctor, **actor_kw))
         for it in range(spec.fine_iterations):
             last = it + 1 == spec.fine_iterations
             ds = ds.map(_stage_crops, fn_kwargs=kw, num_cpus=1)
             ds = ds.map_batches(
                 _FineActor, fn_constructor_kwargs={**ctor, "last": last}, **actor_kw
             )
+            ds = _per_film(ds)
         ds = ds.map(_stage_finish, fn_kwargs=kw, num_cpus=1)
         return ds.select_columns(["path", "status", "record"])
 
@@ -482,6 +483,18 @@ class RayEngine(LocalEngine):
         if interrupted:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+
+
+def _per_film(ds: Any) -> Any:
+    """One film per block again after an actor's batch, so that the next CPU stage runs
+    a batch's films in parallel tasks and each finished film streams back to the driver
+    (and is journalled) on its own.  Streaming repartition needs a Ray with
+    ``repartition(target_num_rows_per_block=...)``; an older Ray keeps the batches."""
+    import inspect
+
+    if "target_num_rows_per_block" not in inspect.signature(ds.repartition).parameters:
+        return ds
+    return ds.repartition(target_num_rows_per_block=1)
 
 
 def _plain(text: str) -> str:
