@@ -453,7 +453,7 @@ def result_from_legs(
     leg_results = [build_leg(leg, info.spacing_mm, cfg, source) for leg in legs]
     if not any(lr.status != "failed" for lr in leg_results):
         n = len(leg_results)
-        msg = (
+        msg = f"{info.path}: " + (
             "no leg found"
             if n == 0
             else f"{n} leg(s) found but none with hip, knee and ankle centres usable"
