@@ -72,6 +72,7 @@ class TrainFilm:
     legs: list[LegLandmarks]
     source: str = ""
     spacing_mm: float | None = None
+    mirrored: bool | None = None  # what DICOM orientation would say (None: unknown)
 
 
 def femur_length(leg: LegLandmarks) -> float | None:
@@ -212,4 +213,5 @@ def film_from_annotated(film) -> TrainFilm:
         legs=list(film.legs),
         source=str(film.source),
         spacing_mm=film.spacing_mm,
+        mirrored=getattr(film, "mirrored", None),
     )

@@ -455,7 +455,11 @@ def evaluate_films(locator, films: list[TrainFilm], batch: int = 8) -> dict[str,
     t_total = 0.0
     for i in range(0, len(films), batch):
         chunk = films[i : i + batch]
-        rgs = [Radiograph(path=f.source, pixels=f.image, spacing_mm=f.spacing_mm) for f in chunk]
+        # the film's orientation as its DICOM header would give it (None when unknown)
+        rgs = [
+            Radiograph(path=f.source, pixels=f.image, spacing_mm=f.spacing_mm, mirrored=f.mirrored)
+            for f in chunk
+        ]
         t0 = time.perf_counter()
         preds = locator.locate_batch(rgs)
         t_total += time.perf_counter() - t0
