@@ -40,7 +40,7 @@ import pickle
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.engine import local
@@ -74,8 +74,7 @@ class RayOptions:
     gpus_per_actor: float | None = None  # default: 1 / number of inference stages on cuda
     actor_cpus: float | None = None  # CPUs each actor reserves (default: see _layout)
     files_per_block: int | None = None  # files per read task (default: 1, more for huge runs)
-    local_cpus: int | None = None  # num_cpus of a local Ray started here
-    extra: dict[str, Any] = field(default_factory=dict)
+    local_cpus: int | None = None  # num_cpus of a local Ray started here (default: --workers)
 
 
 def require_ray() -> Any:
@@ -120,7 +119,7 @@ def _fail(path: str, exc: BaseException | str, reason: str | None, opts: EngineO
     """A finished row for a failed file (its JSON written, as the local engine does)."""
     d = local._failure_dict(path, exc, reason)
     if isinstance(exc, BaseException) and reason == "internal_error":
-        d["traceback_tail"] = traceback.format_exc(limit=-3)[-2000:]
+        d["traceback_tail"] = "".join(traceback.format_exception(exc, limit=-3))[-2000:]
     if kw.get("timings"):
         d["timings_s"] = {k: round(v, 4) for k, v in kw["timings"].items()}
     return _done(path, local._finish_outputs(d, None, None, opts))
@@ -284,7 +283,6 @@ class _CoarseActor(_Actor):
     """Coarse network over a batch of films, then each film's coarse decode."""
 
     def infer(self, states: list[dict[str, Any]]) -> list[Any]:
-
         loc = self.locator
         heat = self.forward(loc.predict_coarse, [s.pop("coarse_input")[None] for s in states])
         out: list[Any] = []
