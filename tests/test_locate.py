@@ -239,3 +239,20 @@ def test_shipped_default_weights_load():
     assert DEFAULT_WEIGHTS.stat().st_size < 50e6
     loc = Locator.from_checkpoint(None)
     assert loc.spec.fine_size >= 64
+
+
+def test_shipped_default_model_finds_synthetic_legs():
+    """The default model on an unseen 1 mm/px synthetic bilateral film (seed not trained on)."""
+    from training.datasets import load_dataset
+
+    film = load_dataset("synthetic:1:small", seed=1_000_321)[0]
+    loc = Locator.from_checkpoint(None)
+    legs = loc.locate(film.to_radiograph())
+    assert sorted(leg.side for leg in legs) == sorted(g.side for g in film.legs)
+    for gt in film.legs:
+        got = next(leg for leg in legs if leg.side == gt.side)
+        assert got.mirrored == gt.mirrored
+        for name in ("femoral_head", "knee_centre", "ankle_centre"):
+            err = np.hypot(*np.subtract(got.points[name], gt.points[name]))
+            assert err < 3.0, (gt.side, name, err)  # mm at 1 mm/px
+            assert got.confidence[name] > 0.3
