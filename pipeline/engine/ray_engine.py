@@ -444,7 +444,7 @@ class RayEngine(LocalEngine):
         try:
             if paths:
                 started_here = _init_ray(ray, self.ropts, opts)
-                _quiet_ray_data(opts.progress)
+                _quiet_ray_data()
                 ds = self.build_dataset(ray, paths, spec, uuid.uuid4().hex)
                 self._start_progress(len(done))
                 if self.bar is not None:
@@ -520,14 +520,13 @@ def _init_ray(ray: Any, ropts: RayOptions, opts: EngineOptions) -> bool:
     return True
 
 
-def _quiet_ray_data(progress: bool) -> None:
+def _quiet_ray_data() -> None:
     """Our own progress bar (films journalled), not Ray Data's per-operator ones."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    del progress
 
 
 def run_ray(inputs: list[str], opts: EngineOptions, ropts: RayOptions) -> tuple[int, Any]:
