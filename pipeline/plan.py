@@ -151,9 +151,11 @@ def solve_rotation(
         if v0 == 0.0:
             roots.append(float(a0))
         elif v0 * v1 < 0:
-            roots.append(
-                float(brentq(f, float(a0), float(a1), xtol=tol, rtol=4 * np.finfo(float).eps))
-            )
+            try:
+                root = brentq(f, float(a0), float(a1), xtol=tol, rtol=4 * np.finfo(float).eps)
+            except ValueError:  # the objective is undefined somewhere inside this bracket
+                continue
+            roots.append(float(root))
     if values and not math.isnan(values[-1]) and values[-1] == 0.0:
         roots.append(float(grid[-1]))
     if not roots:

@@ -210,3 +210,14 @@ def test_configured_target_is_used():
     leg = build_leg(hka=-7.0, mpta=82.0, jlca=1.0)
     plan = plan_leg(leg, measure_leg(leg, 0.15, cfg), 0.15, cfg)
     assert plan.post["wbl_ratio_pct"] == pytest.approx(55.0, abs=1e-6)
+
+
+def test_solver_skips_brackets_where_the_objective_is_undefined():
+    from pipeline.plan import solve_rotation
+
+    # Roots at +/-0.1 deg, but the objective is undefined strictly inside (0, 0.25), so
+    # the bracket [0, 0.25] cannot be refined; the root at -0.1 must still be found.
+    def objective(a):
+        return None if 0.0 < a < 0.25 else abs(a) - 0.1
+
+    assert solve_rotation(objective, 0.0, 45.0, 1e-12) == pytest.approx(-0.1, abs=1e-9)
