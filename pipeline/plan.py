@@ -129,40 +129,52 @@ def _leg_from(p: dict[str, np.ndarray], leg: LegLandmarks) -> LegLandmarks:
 
 
 def solve_rotation(
-    objective: Callable[[float], float | None], target: float, max_angle: float, tol: float
+    objective: Callable[[float], float | None],
+    target: float,
+    max_angle: float,
+    tol: float,
+    step: float = 0.5,
 ) -> float:
     """Smallest |angle| in [-max_angle, max_angle] with objective(angle) == target.
 
-    The objective is scanned on a 0.25 deg grid for sign changes, each bracket is refined
-    with Brent's method, and the root nearest zero wins.  Raises PlanningError when no
-    angle in range reaches the target.
+    The search walks outwards from 0 in ``step`` degrees, both directions at once; the
+    first bracket with a sign change is refined with Brent's method (a bracket where the
+    objective is undefined inside is skipped).  Raises PlanningError when no angle in
+    range reaches the target.
     """
 
     def f(a: float) -> float:
         v = objective(a)
         return math.nan if v is None else v - target
 
-    grid = np.linspace(-max_angle, max_angle, int(round(2 * max_angle / 0.25)) + 1)
-    values = [f(float(a)) for a in grid]
-    roots = []
-    for a0, a1, v0, v1 in zip(grid[:-1], grid[1:], values[:-1], values[1:], strict=True):
-        if math.isnan(v0) or math.isnan(v1):
-            continue
-        if v0 == 0.0:
-            roots.append(float(a0))
-        elif v0 * v1 < 0:
-            try:
-                root = brentq(f, float(a0), float(a1), xtol=tol, rtol=4 * np.finfo(float).eps)
-            except ValueError:  # the objective is undefined somewhere inside this bracket
+    f0 = f(0.0)
+    if f0 == 0.0:
+        return 0.0
+    last = {1.0: (0.0, f0), -1.0: (0.0, f0)}
+    n_steps = int(math.ceil(max_angle / step))
+    for k in range(1, n_steps + 1):
+        a_abs = min(k * step, max_angle)
+        roots = []
+        for sign in (1.0, -1.0):
+            a1 = sign * a_abs
+            v1 = f(a1)
+            a0, v0 = last[sign]
+            last[sign] = (a1, v1)
+            if math.isnan(v1) or math.isnan(v0):
                 continue
-            roots.append(float(root))
-    if values and not math.isnan(values[-1]) and values[-1] == 0.0:
-        roots.append(float(grid[-1]))
-    if not roots:
-        raise PlanningError(
-            f"the correction cannot reach the target ({target:g}) within +/-{max_angle:g} deg"
-        )
-    return min(roots, key=abs)
+            if v1 == 0.0:
+                roots.append(a1)
+            elif v0 * v1 < 0:
+                lo, hi = sorted((a0, a1))
+                try:
+                    roots.append(float(brentq(f, lo, hi, xtol=tol, rtol=4 * np.finfo(float).eps)))
+                except ValueError:  # the objective is undefined somewhere inside
+                    continue
+        if roots:
+            return min(roots, key=abs)
+    raise PlanningError(
+        f"the correction cannot reach the target ({target:g}) within +/-{max_angle:g} deg"
+    )
 
 
 def _solve_step(
