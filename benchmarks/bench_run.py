@@ -4,8 +4,9 @@
 
 Reports, for uncompressed (explicit VR little endian) and JPEG 2000 lossless films:
 
-- decode-only rate: pydicom pixel decoding alone in ``--workers`` processes (the bound
-  for a compressed archive);
+- decode-only rate: pixel decoding alone, with the reader's decoder choice
+  (pipeline.read.dicom.decode), in ``--workers`` processes (the bound for a compressed
+  archive);
 - read rate: decode + grey-level normalisation (pipeline.read) in the same processes;
 - per-stage time per film, measured in one process (read, thumbnail, locate, measure +
   plan, write: overlay PNG, DICOM SR, Secondary Capture, JSON);
@@ -94,11 +95,12 @@ def _init() -> None:
 
 
 def _decode(path: str) -> float:
-    """Decode only; returns the CPU seconds it took in this process."""
-    import pydicom
+    """Decode only, with the decoder the reader uses (pipeline.read.dicom picks a preferred
+    plugin per transfer syntax); returns the CPU seconds it took in this process."""
+    from pipeline.read.dicom import decode, read_header
 
     c0 = time.process_time()
-    pydicom.pixels.pixel_array(path)
+    decode(path, read_header(path))
     return time.process_time() - c0
 
 
@@ -136,7 +138,6 @@ def _proc_cpu(pid: int) -> float:
 
 def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, float]:
     """Seconds per film for each stage, one process, one thread."""
-    import pydicom
     import torch
 
     torch.set_num_threads(1)
@@ -145,6 +146,7 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
     from pipeline.engine.local import EngineOptions, _finish_outputs
     from pipeline.outputs.overlay import thumbnail
     from pipeline.read import read_radiograph
+    from pipeline.read.dicom import decode, read_header
 
     loc = load_locator(model)
     cfg = load_config()
@@ -156,7 +158,7 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
     for i, f in enumerate([files[0], *files]):  # the first film warms caches, not counted
         t = {}
         t0 = time.perf_counter()
-        pydicom.pixels.pixel_array(str(f))
+        decode(str(f), read_header(str(f)))
         t["decode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rad = read_radiograph(str(f))
