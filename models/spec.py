@@ -75,6 +75,7 @@ class LocatorSpec:
     fine_landmarks: list[str]
     fine_net: NetSpec
     crops: list[CropSpec]
+    fine_scales: list[float]  # crop each joint at these multiples of its side; answers averaged
     peak_threshold: float  # minimum coarse peak for a joint to count as found
     fine_iterations: int  # fine passes; >1 re-centres each crop on the previous answer
     extra: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +109,8 @@ class LocatorSpec:
                     raise ConfigError(f"crops[{i}].landmarks: {n!r} is not a fine landmark")
         if not 0 < self.peak_threshold < 1:
             raise ConfigError(f"peak_threshold: must be in (0, 1), got {self.peak_threshold}")
+        if not self.fine_scales or any(not 0.5 <= v <= 2.0 for v in self.fine_scales):
+            raise ConfigError(f"fine_scales: need values in [0.5, 2], got {self.fine_scales}")
         if self.fine_iterations < 1:
             raise ConfigError(f"fine_iterations: must be >= 1, got {self.fine_iterations}")
 
@@ -116,4 +119,7 @@ class LocatorSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> LocatorSpec:
+        data = dict(data)
+        # checkpoints from before fine_scales existed cropped each joint once
+        data.setdefault("fine_scales", [1.0])
         return from_mapping(cls, data, "spec")

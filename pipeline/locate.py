@@ -209,7 +209,11 @@ class Locator:
 
     # ------------------------------------------------------------------ fine
     def crop_matrices(self, leg: CoarseLeg) -> list[tuple[str, np.ndarray]]:
-        """(crop name, image->crop matrix) for each crop this leg's anchors allow."""
+        """(crop name, image->crop matrix) for each crop this leg's anchors allow.
+
+        With several ``spec.fine_scales`` each joint is cropped at each scale (test-time
+        augmentation); the answers are averaged in ``decode_fine``.
+        """
         from models.crops import crop_matrix
 
         out = []
@@ -224,10 +228,10 @@ class Locator:
             wsum = sum(w for _, w in pts)
             cx = sum(p[0] * w for p, w in pts) / wsum
             cy = sum(p[1] * w for p, w in pts) / wsum
-            side = crop.side * leg.femur_px
-            out.append(
-                (crop.name, crop_matrix((cx, cy), side, self.spec.fine_size, leg.medial_sign < 0))
-            )
+            for scale in self.spec.fine_scales:
+                side = crop.side * leg.femur_px * scale
+                A = crop_matrix((cx, cy), side, self.spec.fine_size, leg.medial_sign < 0)
+                out.append((crop.name, A))
         return out
 
     def fine_inputs(self, radiograph: Radiograph, coarse: CoarseResult) -> FineInputs:
@@ -261,15 +265,21 @@ class Locator:
         if len(inputs.items) == 0:
             return found
         xy_all, conf_all = hc.decode(heatmaps)
+        answers: dict[tuple[int, str], list[tuple[np.ndarray, float]]] = {}
         for m, (li, cname) in enumerate(inputs.items):
             inv = invert_affine(inputs.matrices[m])
             for name in self.crops[cname].landmarks:
                 k = self.fine_index[name]
                 p = apply_affine(inv, hc.from_heatmap(xy_all[m, k], stride))
-                c = float(conf_all[m, k])
-                prev = found.setdefault(li, {}).get(name)
-                if prev is None or c > prev[1]:
-                    found[li][name] = ((float(p[0]), float(p[1])), c)
+                answers.setdefault((li, name), []).append((p, float(conf_all[m, k])))
+        for (li, name), got in answers.items():
+            # confidence-weighted mean of the crops that saw the landmark well
+            best = max(c for _, c in got)
+            keep = [(p, c) for p, c in got if c >= 0.5 * best]
+            w = np.array([max(c, 1e-6) for _, c in keep])
+            p = np.sum([pp * wi for (pp, _), wi in zip(keep, w, strict=True)], axis=0) / w.sum()
+            conf = float(np.mean([c for _, c in keep]))
+            found.setdefault(li, {})[name] = ((float(p[0]), float(p[1])), conf)
         return found
 
     def decode_fine(
