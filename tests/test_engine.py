@@ -411,3 +411,22 @@ def test_file_timeout_kills_and_records_without_stopping_the_run(tmp_path, tiny_
     assert sorted(df.file) == sorted(map(str, films))
     assert set(df.error_reason) == {"timeout"}
     assert all("--file-timeout" in e for e in df.error)
+
+
+def test_worker_start_up_failure_is_not_a_file_failure(tmp_path):
+    """A worker that cannot start answers every task with its error (the main process
+    then stops the run) instead of recording files as failed."""
+    from pipeline.engine import local
+
+    opts = local.EngineOptions(out_dir=tmp_path, model=str(tmp_path / "missing.pt"))
+    try:
+        local._init_worker(opts, "worker", True)
+        res = local.task_full(str(tmp_path / "any.dcm"))
+        assert res == {
+            "__init_error__": f"InputError: {tmp_path / 'missing.pt'}: checkpoint not found"
+        }
+        with pytest.raises(Exception, match="checkpoint not found"):
+            local._init_worker(opts, "worker")
+    finally:
+        local._W.clear()
+    assert not (tmp_path / "images").exists()

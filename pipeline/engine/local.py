@@ -98,7 +98,29 @@ def _limit_threads(n: int) -> None:
         pass
 
 
-def _init_worker(opts: EngineOptions, mode: str) -> None:
+def _init_worker(opts: EngineOptions, mode: str, capture: bool = False) -> None:
+    """Worker start-up.  With ``capture`` (the local pool), a failure is not raised (the
+    pool would only see a dead process) but kept: every task answers with it and the main
+    process stops the run (see _InitFailed).  Without, it raises."""
+    _W.pop("init_error", None)
+    try:
+        _init_worker_inner(opts, mode)
+    except Exception as exc:  # noqa: BLE001
+        if not capture:
+            raise
+        _W["init_error"] = _one_line(exc)
+
+
+def _init_failed() -> dict[str, Any] | None:
+    err = _W.get("init_error")
+    return None if err is None else {"__init_error__": err}
+
+
+class _InitFailed(Exception):
+    """A worker process could not start (environment or checkpoint problem)."""
+
+
+def _init_worker_inner(opts: EngineOptions, mode: str) -> None:
     _limit_threads(1)
     from pipeline.api import load_config
 
@@ -151,6 +173,8 @@ def task_full(path: str) -> dict[str, Any]:
     from pipeline.api import FilmInfo, result_from_legs
     from pipeline.outputs.overlay import thumbnail
 
+    if _init_failed():
+        return _init_failed()  # type: ignore[return-value]
     opts: EngineOptions = _W["opts"]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -208,6 +232,8 @@ def task_prepare(path: str) -> Prepared | dict[str, Any]:
     from pipeline.api import FilmInfo
     from pipeline.outputs.overlay import thumbnail
 
+    if _init_failed():
+        return _init_failed()  # type: ignore[return-value]
     opts: EngineOptions = _W["opts"]
     t0 = time.perf_counter()
     try:
@@ -242,6 +268,8 @@ def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict
     """Mode "main": measure, plan and write the outputs of one located film."""
     from pipeline.api import result_from_legs
 
+    if _init_failed():
+        return _init_failed()  # type: ignore[return-value]
     opts: EngineOptions = _W["opts"]
     t0 = time.perf_counter()
     try:
@@ -471,7 +499,7 @@ class LocalEngine:
             max_workers=max(1, self.opts.workers),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.opts, self.mode),
+            initargs=(self.opts, self.mode, True),
         )
 
     # ------------------------------------------------------------ run
@@ -491,9 +519,10 @@ class LocalEngine:
                 torch.set_num_threads(opts.torch_threads)
             self.locator = load_locator(opts.model, device=opts.device)
         else:
-            from models.checkpoint import load_checkpoint
+            from models.checkpoint import load_checkpoint, nets_from_checkpoint
 
-            load_checkpoint(opts.model)  # a missing checkpoint is a usage error, up front
+            # a missing or unusable checkpoint is a usage error, up front
+            nets_from_checkpoint(load_checkpoint(opts.model))
         start = time.perf_counter()
         self._start_progress(len(done))
         seen: set[int] = set()
@@ -505,6 +534,7 @@ class LocalEngine:
         gen = expand_inputs(self.inputs, exclude=[self.out])
         exhausted = False
         interrupted = False
+        fatal: str | None = None
         try:
             while True:
                 # feed
@@ -580,6 +610,8 @@ class LocalEngine:
                     pool = self._new_pool()
         except KeyboardInterrupt:
             interrupted = True
+        except _InitFailed as exc:
+            fatal = str(exc)
         finally:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
             for _, p in self.ready:
@@ -590,6 +622,10 @@ class LocalEngine:
         self.summary.elapsed_s = time.perf_counter() - start
         self.summary.processed_this_run = self.processed
         self._write_results()
+        if fatal is not None:
+            from pipeline.errors import LegalignError
+
+            raise LegalignError(f"worker processes cannot start: {fatal}")
         if interrupted:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
@@ -656,6 +692,8 @@ class LocalEngine:
             self.quarantine.append(item)
 
     def _handle(self, pool: ProcessPoolExecutor, kind: str, payload: Any, res: Any) -> None:
+        if isinstance(res, dict) and "__init_error__" in res:
+            raise _InitFailed(res["__init_error__"])
         if kind == "prepare" and isinstance(res, Prepared):
             self.ready.append((payload, res))
             return
