@@ -202,7 +202,6 @@ def _shm_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
 
 
-@pytest.mark.slow
 def test_run_main_mode_batches_in_main_process(tmp_path, archive, tiny_ckpt):
     root, good, _ = archive
     out = tmp_path / "out"
