@@ -103,15 +103,20 @@ def _results(out):
 # ----------------------------------------------------------------- inputs
 def test_expand_inputs_is_lazy_recursive_and_skips_out_dir(tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
-    for p in ("in/x.dcm", "in/sub/y.png", "in/.hid", "in/DICOMDIR"):
+    for p in ("in/x.dcm", "in/sub/y.png", "in/.hid", "in/DICOMDIR", "in/annotations.json"):
         (tmp_path / p).write_bytes(b"x")
+    (tmp_path / "in" / "IM0001").write_bytes(b"x")  # DICOM files often have no extension
     out = tmp_path / "in" / "out"
     out.mkdir()
     (out / "z.dcm").write_bytes(b"x")
     gen = expand_inputs([str(tmp_path / "in")], exclude=[out])
     assert iter(gen) is gen  # a generator, nothing listed up front
     got = sorted(Path(p).relative_to(tmp_path).as_posix() for p in gen)
-    assert got == ["in/sub/y.png", "in/x.dcm"]
+    assert got == ["in/IM0001", "in/sub/y.png", "in/x.dcm"]
+    # named explicitly, a sidecar is an input like any other (recorded if not an image)
+    assert list(expand_inputs([str(tmp_path / "in" / "annotations.json")])) == [
+        str(tmp_path / "in" / "annotations.json")
+    ]
 
 
 def test_expand_inputs_list_files(tmp_path):

@@ -7,7 +7,9 @@ listed folder is walked too).  Nothing is listed up front: the generator yields 
 it finds them, so a tree of millions of files costs memory for one folder's entries.
 
 Skipped while walking: hidden files and folders (names starting with "."), DICOMDIR
-files, and the run's own output folder (so the SR / SC objects a run writes are not
+files, sidecar files whose extension says they are not images (annotations, reports,
+tables: ``SIDECAR_SUFFIXES``; DICOM files may have any other extension or none, so
+only these are skipped), and the run's own output folder (so the SR / SC objects a run writes are not
 picked up as inputs by the next run).  Paths that do not exist are yielded anyway: the
 engine records them as failures instead of stopping.
 """
@@ -19,6 +21,28 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
+# Files found in a folder walk that are never films.  A file named explicitly on the
+# command line is processed whatever its name (and recorded as a failure if it is no image).
+SIDECAR_SUFFIXES = (
+    ".json",
+    ".csv",
+    ".tsv",
+    ".txt",
+    ".lst",
+    ".list",
+    ".md",
+    ".yaml",
+    ".yml",
+    ".xml",
+    ".html",
+    ".pdf",
+    ".parquet",
+    ".log",
+    ".py",
+    ".sh",
+    ".zip",
+    ".gz",
+)
 
 
 def is_list_file(arg: str) -> bool:
@@ -36,6 +60,8 @@ def _walk(root: str, exclude: tuple[str, ...]) -> Iterator[str]:
         )
         for name in sorted(filenames):
             if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            if name.lower().endswith(SIDECAR_SUFFIXES):
                 continue
             yield os.path.join(dirpath, name)
 
