@@ -75,8 +75,8 @@ def archive(tmp_path_factory):
     data = good[0].read_bytes()
     (root / "truncated.dcm").write_bytes(data[: len(data) // 3])
     bad["truncated.dcm"] = "unreadable"
-    (root / "notes.md").write_text("not an image\n")
-    bad["notes.md"] = "not_an_image"
+    (root / "notes.dat").write_text("not an image\n")
+    bad["notes.dat"] = "not_an_image"
     ds = pydicom.dcmread(good[0])
     ds.Modality = "CT"
     ds.save_as(root / "ct.dcm")
