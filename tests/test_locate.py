@@ -256,3 +256,29 @@ def test_shipped_default_model_finds_synthetic_legs():
             err = np.hypot(*np.subtract(got.points[name], gt.points[name]))
             assert err < 3.0, (gt.side, name, err)  # mm at 1 mm/px
             assert got.confidence[name] > 0.3
+
+
+def test_multi_scale_crops_average_back_to_the_point(spec):
+    from models import heatmap_codec as hc
+    from models.crops import apply_affine
+
+    spec3 = dataclasses.replace(spec, fine_scales=[0.9, 1.0, 1.1])
+    coarse, fine = build_nets(spec3)
+    loc = Locator(spec3, coarse, fine)
+    gt = right_leg(150.0, 80.0, 380.0, +1)
+    leg = CoarseLeg(points=dict(gt), confidence={}, medial_sign=1, femur_px=380.0)
+    mats = loc.crop_matrices(leg)
+    assert len(mats) == len(spec3.crops) * 3
+    s, stride = spec3.fine_size, spec3.fine_net.out_stride
+    heat = []
+    for _, A in mats:
+        pts = np.array([apply_affine(A, np.array(gt[n])) for n in spec3.fine_landmarks])
+        heat.append(
+            hc.encode(hc.to_heatmap(pts, stride), np.ones(len(pts), bool), (s // stride,) * 2, 1.5)
+        )
+    inputs = FineInputs(
+        np.zeros((len(mats), 1, 1, 1), np.float32), [A for _, A in mats], [(0, n) for n, _ in mats]
+    )
+    found = loc._fine_points(inputs, np.stack(heat))[0]
+    for name, (p, _) in found.items():
+        assert np.hypot(*np.subtract(p, gt[name])) < 0.1, name
