@@ -22,12 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import time
-
-    # On a shared CPU, OpenMP threads that spin while waiting slow training down several
-    # times; passive waiting costs nothing when the cores are free.  Must precede torch.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from training.train import load_train_config, train
 
