@@ -88,8 +88,17 @@ class TrainConfig:
     coarse: StageConfig
     fine: StageConfig
     export: ExportConfig
+    # Optional film-level albumentations augmentation (training/augment.py), applied to
+    # each drawn film before the stage cuts its sample: overrides merged over
+    # configs/augmentation_default.yaml.  Absent or null: only the sampler's own
+    # matrix-based augmentation (``coarse.augment`` / ``fine.augment``) is used.
+    augmentation: dict[str, Any] | None = None
 
     def validate(self) -> None:
+        if self.augmentation is not None:
+            from training.augment import augmentation_config
+
+            augmentation_config(self.augmentation)  # raises ConfigError naming the key
         for s in self.stages:
             if s not in STAGES:
                 raise ConfigError(f"stages: unknown stage {s!r} (allowed: {', '.join(STAGES)})")
@@ -139,8 +148,18 @@ def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainF
 class Sampler:
     """Draws batches for one stage from weighted datasets; reproducible from its seed."""
 
-    def __init__(self, stage: str, data, spec: LocatorSpec, cfg: StageConfig, seed: int) -> None:
+    def __init__(
+        self,
+        stage: str,
+        data,
+        spec: LocatorSpec,
+        cfg: StageConfig,
+        seed: int,
+        film_augment=None,
+    ) -> None:
         self.stage, self.spec, self.cfg = stage, spec, cfg
+        # augment(AnnotatedFilm, rng) -> AnnotatedFilm (training.augment.build_augmentation)
+        self.film_augment = film_augment
         self.datasets = [(f, w) for f, w in data if f and w > 0]
         if not self.datasets:
             raise ConfigError("train_data: no films to sample from")
@@ -153,6 +172,8 @@ class Sampler:
         for _ in range(100):
             films = self.datasets[int(rng.choice(len(self.datasets), p=self.ds_p))][0]
             film = films[int(rng.integers(len(films)))]
+            if self.film_augment is not None:
+                film = self._augmented(film, rng)
             if self.stage == "coarse":
                 return coarse_sample(film, self.spec, self.cfg.augment, rng)
             if not film.legs:
@@ -163,6 +184,27 @@ class Sampler:
             if s is not None:
                 return s
         raise RuntimeError("could not draw a usable training sample in 100 tries")
+
+    def _augmented(self, film: TrainFilm, rng: np.random.Generator) -> TrainFilm:
+        from training.datasets import AnnotatedFilm
+
+        out = self.film_augment(
+            AnnotatedFilm(
+                source=film.source,
+                image=film.image,
+                legs=list(film.legs),
+                spacing_mm=film.spacing_mm,
+                mirrored=film.mirrored,
+            ),
+            rng,
+        )
+        return TrainFilm(
+            image=out.image,
+            legs=list(out.legs),
+            source=out.source,
+            spacing_mm=out.spacing_mm,
+            mirrored=out.mirrored,
+        )
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         xs, ts, ms = zip(*(self.one() for _ in range(n)), strict=True)
@@ -285,6 +327,11 @@ def train(
         log(f"resumed from {last}: stage {state['stage_index']}, step {state['step']}")
 
     data = load_films(cfg.train_data, log=log if is_main else (lambda *_: None))
+    film_augment = None
+    if cfg.augmentation is not None:
+        from training.augment import build_augmentation
+
+        film_augment = build_augmentation(cfg.augmentation)
     metrics_path = out / "metrics.jsonl"
 
     def write_metrics(rec: dict) -> None:
@@ -305,7 +352,14 @@ def train(
             )
         opt = torch.optim.AdamW(net.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
         start = int(state["step"]) if si == int(state["stage_index"]) else 0
-        sampler = Sampler(stage, data, spec, scfg, seed=cfg.seed * 1000 + si * 100 + rank)
+        sampler = Sampler(
+            stage,
+            data,
+            spec,
+            scfg,
+            seed=cfg.seed * 1000 + si * 100 + rank,
+            film_augment=film_augment,
+        )
         if start > 0 and "opt" in state:
             opt.load_state_dict(state["opt"])
             sampler.rng.bit_generator.state = state["rng"]
