@@ -24,34 +24,18 @@ import numpy as np
 
 from pipeline.errors import InputError, LegalignError
 from pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
+from pipeline.measure import MM_VALUES, REQUIRES
 
 DISCLAIMER = "Planning support only: not a clinical decision; a clinician must verify."
 RESULT_SCHEMA = "legalign.image/1"
 
-# Which landmarks each per-leg measurement needs (docs/clinical-geometry.md).  Used to
-# explain a null value: the first missing or low-confidence landmark is the reason.
-H, K, A = "femoral_head", "knee_centre", "ankle_centre"
-FCM, FCL = "femoral_condyle_medial", "femoral_condyle_lateral"
-TPM, TPL = "tibial_plateau_medial", "tibial_plateau_lateral"
-GT = "greater_trochanter"
-FSP, FSD = "femoral_shaft_proximal", "femoral_shaft_distal"
-TSP, TSD = "tibial_shaft_proximal", "tibial_shaft_distal"
+# Which landmarks each per-leg measurement needs (pipeline/measure.py).  Used to explain
+# a null value: the first missing or low-confidence landmark is the reason.
 MEASUREMENT_DEPENDENCIES: dict[str, tuple[str, ...]] = {
-    "hka_deg": (H, K, A),
-    "mad_mm": (H, K, A),
-    "wbl_ratio_pct": (H, A, TPM, TPL),
-    "mldfa_deg": (H, K, FCM, FCL),
-    "mpta_deg": (K, A, TPM, TPL),
-    "jlca_deg": (FCM, FCL, TPM, TPL),
-    "mlpfa_deg": (H, K, GT),
-    "atfa_deg": (FSP, FSD, TSP, TSD),
-    "ama_deg": (FSP, FSD, H, K),
-    "femur_length_mm": (H, K),
-    "tibia_length_mm": (K, A),
-    "leg_length_mm": (H, A),
-    "category": (H, K, A),
+    **REQUIRES,
+    "category": REQUIRES["hka_deg"],
 }
-MM_MEASUREMENTS = frozenset({"mad_mm", "femur_length_mm", "tibia_length_mm", "leg_length_mm"})
+MM_MEASUREMENTS = frozenset(MM_VALUES)
 # Measurements a leg needs to be "ok"; any other null makes it "partial".
 MEASUREMENT_KEYS: tuple[str, ...] = tuple(MEASUREMENT_DEPENDENCIES)
 
