@@ -106,6 +106,21 @@ class FilmDataset(Sequence):
         return image
 
 
+class RecordDataset(FilmDataset):
+    """A ``FilmDataset`` over annotation records, one dict per film with its image ``path``."""
+
+    def __init__(self, cache: bool = False) -> None:
+        super().__init__(cache=cache)
+        self._records: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [r["path"] for r in self._records]
+
+
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True

@@ -27,7 +27,7 @@ from pipeline.errors import InputError
 
 from .base import (
     AnnotatedFilm,
-    FilmDataset,
+    RecordDataset,
     check_image_shape,
     check_inside,
     check_legs_unique,
@@ -63,7 +63,7 @@ def default_image_root(ann_file: Path) -> Path:
     return ann_file.parent
 
 
-class CocoKeypointDataset(FilmDataset):
+class CocoKeypointDataset(RecordDataset):
     """Films from a COCO keypoints JSON file; see the module docstring for the keys."""
 
     def __init__(
@@ -78,7 +78,6 @@ class CocoKeypointDataset(FilmDataset):
         self.image_root = (
             Path(image_root) if image_root is not None else default_image_root(self.ann_file)
         )
-        self._records: list[dict[str, Any]] = []
         self._parse(read_json(self.ann_file), check_files)
 
     def _parse(self, data: Any, check_files: bool) -> None:
@@ -163,13 +162,6 @@ class CocoKeypointDataset(FilmDataset):
         for rec in images.values():
             check_legs_unique(rec["legs"], f"{f}: image {rec['path'].name!r}")
             self._records.append(rec)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [r["path"] for r in self._records]
 
     def _load(self, index: int) -> AnnotatedFilm:
         rec = self._records[index]

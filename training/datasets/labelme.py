@@ -31,7 +31,7 @@ from pipeline.landmarks import SIDES
 
 from .base import (
     AnnotatedFilm,
-    FilmDataset,
+    RecordDataset,
     check_image_shape,
     check_inside,
     check_legs_unique,
@@ -123,7 +123,7 @@ def parse_labelme(
     }
 
 
-class LabelMeDataset(FilmDataset):
+class LabelMeDataset(RecordDataset):
     """Every ``*.json`` in ``folder`` (sorted by name) as one film; see the module docstring."""
 
     def __init__(
@@ -142,19 +142,11 @@ class LabelMeDataset(FilmDataset):
         files = sorted(self.folder.glob("*.json"))
         if not files:
             raise InputError(f"{self.folder}: no LabelMe .json files")
-        self._records = []
         for path in files:
             rec = parse_labelme(path, read_json(path), pixel_origin)
             if check_files and not rec["path"].is_file():
                 raise InputError(f"{rec['path']}: image file not found (listed in {path})")
             self._records.append(rec)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [r["path"] for r in self._records]
 
     def _load(self, index: int) -> AnnotatedFilm:
         rec = self._records[index]

@@ -28,7 +28,7 @@ from pipeline.errors import InputError
 
 from .base import (
     AnnotatedFilm,
-    FilmDataset,
+    RecordDataset,
     check_image_shape,
     check_inside,
     check_legs_unique,
@@ -55,7 +55,7 @@ def image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-class CsvDataset(FilmDataset):
+class CsvDataset(RecordDataset):
     """Films from a long-format landmark CSV; see the module docstring for the columns."""
 
     def __init__(self, csv_file: str | Path, cache: bool = False, check_files: bool = True):
@@ -83,7 +83,6 @@ class CsvDataset(FilmDataset):
                 raise InputError(f"{f}: malformed CSV ({exc})") from None
             except UnicodeDecodeError:
                 raise InputError(f"{f}: not a UTF-8 text file") from None
-        self._records = []
         for rec in records.values():
             where = f"{f}: image {rec['image']!r}"
             if check_files:
@@ -154,13 +153,6 @@ class CsvDataset(FilmDataset):
         if name in pts:
             raise InputError(f"{where}: landmark {name!r} given twice for the {side} leg")
         pts[name] = (x, y)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def paths(self) -> list[Path]:
-        return [r["path"] for r in self._records]
 
     def _load(self, index: int) -> AnnotatedFilm:
         rec = self._records[index]
