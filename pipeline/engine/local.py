@@ -312,40 +312,24 @@ def _finish_outputs(
         except Exception as exc:  # noqa: BLE001
             errors["overlay"] = _one_line(exc)
     if opts.dicom_outputs and header is not None and d.get("status") != "failed":
-        import highdicom as hd
+        from pipeline.outputs.dicom_sc import build_sc
+        from pipeline.outputs.dicom_sr import build_sr
 
         # deterministic UIDs per (source SOP instance, kind): a re-run replaces, not adds
         src_uid = str(getattr(header, "SOPInstanceUID", d["file"]))
-        try:
-            from pipeline.outputs.dicom_sr import build_sr
-
-            sr = build_sr(
-                d,
-                header,
-                series_instance_uid=_uid(src_uid, "sr-series"),
-                sop_instance_uid=_uid(src_uid, "sr"),
-            )
-            target = safe_join(out, "dicom", f"{stem}_sr.dcm")
-            _save_dataset(sr, target)
-            outputs["sr"] = f"dicom/{stem}_sr.dcm"
-        except Exception as exc:  # noqa: BLE001
-            errors["sr"] = _one_line(exc)
+        derived = [("sr", lambda **uids: build_sr(d, header, **uids))]
         if rgb is not None:
+            derived.append(("sc", lambda **uids: build_sc(rgb, header, **uids)))
+        for kind, build in derived:
             try:
-                from pipeline.outputs.dicom_sc import build_sc
-
-                sc = build_sc(
-                    rgb,
-                    header,
-                    series_instance_uid=_uid(src_uid, "sc-series"),
-                    sop_instance_uid=_uid(src_uid, "sc"),
+                ds = build(
+                    series_instance_uid=_uid(src_uid, f"{kind}-series"),
+                    sop_instance_uid=_uid(src_uid, kind),
                 )
-                target = safe_join(out, "dicom", f"{stem}_sc.dcm")
-                _save_dataset(sc, target)
-                outputs["sc"] = f"dicom/{stem}_sc.dcm"
+                _save_dataset(ds, safe_join(out, "dicom", f"{stem}_{kind}.dcm"))
+                outputs[kind] = f"dicom/{stem}_{kind}.dcm"
             except Exception as exc:  # noqa: BLE001
-                errors["sc"] = _one_line(exc)
-        del hd
+                errors[kind] = _one_line(exc)
     outputs["json"] = f"images/{stem}.json"
     d["outputs"] = outputs
     if errors:
