@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -509,13 +510,12 @@ class LocalEngine:
             nets_from_checkpoint(load_checkpoint(opts.model))
         start = time.perf_counter()
         self._start_progress(len(done))
-        seen: set[int] = set()
         # files between the input generator and the journal; in mode "main" the decoded
         # films waiting for the networks (shared memory) are bounded separately
         max_in_flight = opts.max_in_flight or max(4, 3 * opts.workers + 2 * opts.batch_size)
         max_films = opts.batch_size + 2 * opts.workers
         pool = self._new_pool()
-        gen = expand_inputs(self.inputs, exclude=[self.out])
+        gen = self._unfinished_inputs(done)
         exhausted = False
         interrupted = False
         fatal: str | None = None
@@ -535,18 +535,10 @@ class LocalEngine:
                         exhausted = True
                         break
                     try:
-                        path = next(gen)
+                        path, key = next(gen)
                     except StopIteration:
                         exhausted = True
                         break
-                    key = file_key(path)
-                    if key in done:
-                        self.summary.skipped_done += 1
-                        continue
-                    if key in seen:
-                        self.summary.skipped_duplicate += 1
-                        continue
-                    seen.add(key)
                     self._submit(pool, _Item(path, key))
                 while self.quarantine and not self.in_flight:
                     self._submit(pool, self.quarantine.popleft())
@@ -765,6 +757,20 @@ class LocalEngine:
         )
 
     # ------------------------------------------------------------ progress
+    def _unfinished_inputs(self, done: set[int]) -> Iterator[tuple[str, int]]:
+        """(path, key) of each input not finished yet, once each; counts what it skips."""
+        seen: set[int] = set()
+        for path in expand_inputs(self.inputs, exclude=[self.out]):
+            key = file_key(path)
+            if key in done:
+                self.summary.skipped_done += 1
+                continue
+            if key in seen:
+                self.summary.skipped_duplicate += 1
+                continue
+            seen.add(key)
+            yield path, key
+
     def _start_progress(self, n_done: int) -> None:
         if not self.opts.progress:
             return

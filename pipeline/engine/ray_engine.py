@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.engine import local
-from pipeline.engine.inputs import expand_inputs
 from pipeline.engine.journal import file_key
 from pipeline.engine.local import (
     EXIT_INTERRUPTED,
@@ -374,17 +373,8 @@ class RayEngine(LocalEngine):
         self.layout: _Layout | None = None
 
     def _paths_to_do(self, done: set[int]) -> list[str]:
-        seen: set[int] = set()
         paths: list[str] = []
-        for path in expand_inputs(self.inputs, exclude=[self.out]):
-            key = file_key(path)
-            if key in done:
-                self.summary.skipped_done += 1
-                continue
-            if key in seen:
-                self.summary.skipped_duplicate += 1
-                continue
-            seen.add(key)
+        for path, _key in self._unfinished_inputs(done):
             if self.opts.limit is not None and len(paths) >= self.opts.limit:
                 break
             # Ray workers do not share the driver's working directory
