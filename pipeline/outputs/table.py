@@ -14,22 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.landmarks import LANDMARK_NAMES
+from pipeline.measure import REQUIRES
+from pipeline.plan import POST_KEYS
 
-MEASUREMENT_COLUMNS: tuple[str, ...] = (
-    "hka_deg",
-    "mad_mm",
-    "wbl_ratio_pct",
-    "mldfa_deg",
-    "mpta_deg",
-    "jlca_deg",
-    "mlpfa_deg",
-    "atfa_deg",
-    "ama_deg",
-    "femur_length_mm",
-    "tibia_length_mm",
-    "leg_length_mm",
-)
-POST_KEYS: tuple[str, ...] = ("hka_deg", "mad_mm", "wbl_ratio_pct", "mpta_deg", "mldfa_deg")
+# Every numeric measurement of pipeline/measure.py, in its order; the plan's post-op keys.
+MEASUREMENT_COLUMNS: tuple[str, ...] = tuple(REQUIRES)
 
 # (name, type) with type one of "string", "float", "int", "bool"
 COLUMNS: tuple[tuple[str, str], ...] = (
