@@ -6,7 +6,7 @@ returns a ``SyntheticFilm``: a uint16 bone-bright image, its pixel spacing, one
 as COCO keypoints in the format of ``../shared/data/oai-sample``.
 """
 
-from .anatomy import ALIGN_KEYS, measure_canonical, resolve_alignment
+from .anatomy import ALIGN_KEYS, resolve_alignment
 from .film import LEGS, SIZES, SyntheticFilm, generate_film
 
 __all__ = [
@@ -15,6 +15,5 @@ __all__ = [
     "SIZES",
     "SyntheticFilm",
     "generate_film",
-    "measure_canonical",
     "resolve_alignment",
 ]

@@ -76,15 +76,6 @@ def _distal_normal(e: np.ndarray) -> np.ndarray:
     return np.array([e[1], -e[0]])
 
 
-def wrap_deg(a: float) -> float:
-    a = math.fmod(a, 360.0)
-    if a <= -180.0:
-        a += 360.0
-    elif a > 180.0:
-        a -= 360.0
-    return a
-
-
 def resolve_alignment(
     given: dict | None, rng: np.random.Generator, scale: float = 1.0
 ) -> dict[str, float]:
@@ -625,23 +616,6 @@ def build_leg(al: dict[str, float], sh: LegShape) -> LegModel:
         frame=frame,
         extents={"femur": (f_top, f_bot), "tibia": (t_top, t_bot)},
     )
-
-
-def measure_canonical(lm: dict[str, np.ndarray]) -> dict[str, float]:
-    """The four alignment angles straight from the formulas (canonical frame)."""
-
-    def phi(v: np.ndarray) -> float:
-        return math.degrees(math.atan2(v[1], v[0]))
-
-    H, K, A = lm["femoral_head"], lm["knee_centre"], lm["ankle_centre"]
-    Cm, Cl = lm["femoral_condyle_medial"], lm["femoral_condyle_lateral"]
-    Pm, Pl = lm["tibial_plateau_medial"], lm["tibial_plateau_lateral"]
-    return {
-        "hka_deg": wrap_deg(phi(A - K) - phi(K - H)),
-        "mldfa_deg": wrap_deg(phi(H - K) - phi(Cl - Cm)),
-        "mpta_deg": wrap_deg(phi(A - K) - phi(Pm - Pl)),
-        "jlca_deg": wrap_deg(phi(Cl - Cm) - phi(Pl - Pm)),
-    }
 
 
 def pubis(hip_half: float, s: float) -> list[Primitive]:
