@@ -24,15 +24,31 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from models.spec import LocatorSpec
-from pipeline.config_schema import REPO_ROOT, ConfigError, from_mapping, read_yaml
+from pipeline.config_schema import REPO_ROOT, ConfigError, deep_merge, from_mapping, read_yaml
 from training.samples import SampleAug, TrainFilm, coarse_sample, film_from_annotated, fine_sample
 
 STAGES = ("coarse", "fine")
+
+
+@dataclass
+class HoldoutConfig:
+    """A reproducible split of one dataset's films (``training.datasets.split_indices``):
+    the same ``fraction`` and ``seed`` give the same held-out films in every config, so a
+    training entry with ``part: train`` and a validation entry with ``part: heldout``
+    never share a film."""
+
+    fraction: float  # share of the films held out, in (0, 1)
+    seed: int
+    part: Literal["train", "heldout"]
+
+    def validate(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"fraction: must be in (0, 1), got {self.fraction}")
 
 
 @dataclass
@@ -40,10 +56,18 @@ class DatasetEntry:
     spec: str  # COCO .json, LabelMe folder, .csv or synthetic:N[:small|native]
     weight: float  # relative sampling weight of this dataset's films
     options: dict[str, Any]  # keyword arguments for training.datasets.load_dataset
+    holdout: HoldoutConfig | None = None  # use only one part of a split of the films
 
     def validate(self) -> None:
         if not self.weight >= 0:
             raise ConfigError(f"weight: must be >= 0, got {self.weight}")
+
+    @property
+    def label(self) -> str:
+        """The name of this entry in logs and ``eval.json``."""
+        if self.holdout is None:
+            return self.spec
+        return f"{self.spec}#{self.holdout.part}"
 
 
 @dataclass
@@ -108,9 +132,31 @@ class TrainConfig:
             raise ConfigError("log_every/checkpoint_every: must be >= 1")
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    """Read and validate a training config; errors name the file and the key."""
+def _read_with_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config's mapping with ``extends: OTHER.yaml`` (relative to the config's folder)
+    resolved: the other file's mapping with this one merged over it (mappings merge key
+    by key, lists and values replace)."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: extends: circular ({' -> '.join(p.name for p in chain)})")
     data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: must be a file name, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends: {base_path} not found")
+    return deep_merge(_read_with_extends(base_path, (*chain, path)), data)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training config; errors name the file and the key.
+
+    ``extends: OTHER.yaml`` at the top level starts from that config (see
+    ``configs/train_crossval.yaml``)."""
+    data = _read_with_extends(Path(path))
     try:
         return from_mapping(TrainConfig, data)
     except ConfigError as exc:
@@ -133,14 +179,19 @@ def _resolve_spec(spec: str) -> str:
 
 def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainFilm], float]]:
     """Load every dataset into memory: [(films, weight)]."""
-    from training.datasets import load_dataset
+    from training.datasets import SubsetFilms, load_dataset, split_indices
 
     out = []
     for e in entries:
         t0 = time.time()
         ds = load_dataset(_resolve_spec(e.spec), **e.options)
+        what = e.spec
+        if e.holdout is not None:
+            train, held = split_indices(len(ds), e.holdout.fraction, e.holdout.seed)
+            ds = SubsetFilms(ds, train if e.holdout.part == "train" else held)
+            what = f"{e.label} (holdout seed {e.holdout.seed})"
         films = [film_from_annotated(ds[i]) for i in range(len(ds))]
-        log(f"loaded {len(films)} films from {e.spec} in {time.time() - t0:.1f} s")
+        log(f"loaded {len(films)} films from {what} in {time.time() - t0:.1f} s")
         out.append((films, e.weight))
     return out
 
@@ -459,8 +510,8 @@ def train(
             for entry, (films, _) in zip(
                 cfg.val_data, load_films(cfg.val_data, log=log), strict=True
             ):
-                evals[entry.spec] = evaluate_films(loc, films)
-                log(format_eval(entry.spec, evals[entry.spec]))
+                evals[entry.label] = evaluate_films(loc, films)
+                log(format_eval(entry.label, evals[entry.label]))
             result["eval"] = evals
             (out / "eval.json").write_text(json.dumps(evals, indent=2), encoding="utf-8")
             write_metrics({"eval": evals})
