@@ -222,6 +222,35 @@ def test_cli_evaluate_reports_missing_checkpoint(tmp_path):
     args = parser.parse_args([str(tmp_path / "none.pt"), str(ann), "--spacing", "-1"])
     with pytest.raises(InputError, match="--spacing must be positive"):
         cmd.run(args)
+    args = parser.parse_args([str(tmp_path / "none.pt"), str(ann), "--seed", "5"])
+    with pytest.raises(InputError, match=r"--seed applies to synthetic:N datasets only"):
+        cmd.run(args)
+
+
+def test_evaluate_locator_passes_the_seed_to_synthetic_films(monkeypatch):
+    """``--seed`` picks the synthetic films (unseen seeds for a model trained on 0-99)."""
+    import training.datasets as datasets
+    from training import evaluate as ev_mod
+
+    opened = []
+
+    def fake_load(spec, **kw):
+        opened.append((spec, kw))
+        return []
+
+    class FakeLocator:
+        @classmethod
+        def from_checkpoint(cls, *a, **k):
+            return cls()
+
+        def locate(self, rg):  # pragma: no cover - no films
+            return []
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr("pipeline.locate.Locator", FakeLocator)
+    rep = ev_mod.evaluate_locator("x.pt", "synthetic:3:native", dataset_options={"seed": 7})
+    assert opened == [("synthetic:3:native", {"seed": 7})]
+    assert rep["dataset_options"] == {"seed": 7}
 
 
 @pytest.mark.slow

@@ -543,10 +543,12 @@ def evaluate_locator(
     fail_px: float = 20.0,
     limit: int | None = None,
     geometry_config: str | Path | None = None,
+    dataset_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load the locator from ``checkpoint``, evaluate it on ``dataset`` (a
-    ``load_dataset`` spec), write the outputs to ``out_dir`` when given; returns the
-    report (with ``"outputs"`` naming the files written)."""
+    ``load_dataset`` spec, opened with ``dataset_options``), write the outputs to
+    ``out_dir`` when given; returns the report (with ``"outputs"`` naming the files
+    written)."""
     import torch
 
     from pipeline.geometry_config import load_geometry_config
@@ -554,7 +556,7 @@ def evaluate_locator(
     from training.datasets import load_dataset
 
     geometry_cfg = load_geometry_config(geometry_config)
-    ds = load_dataset(dataset)
+    ds = load_dataset(dataset, **(dataset_options or {}))
     n = len(ds) if limit is None else min(len(ds), int(limit))
     from tqdm import tqdm
 
@@ -575,6 +577,7 @@ def evaluate_locator(
         extra={
             "checkpoint": str(checkpoint),
             "dataset": str(dataset),
+            "dataset_options": dict(dataset_options or {}),
             "assumed_spacing_mm": assumed_spacing_mm,
             "fail_mm": fail_mm,
             "fail_px": fail_px,
