@@ -260,37 +260,11 @@ def test_evaluate_command_runs_a_real_locator(tmp_path, capsys):
 
     import cv2
 
-    torch = pytest.importorskip("torch")
-    from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
-    from models.spec import LocatorSpec
+    pytest.importorskip("torch")
     from pipeline.commands import evaluate as cmd
+    from pipeline.engine.testing import tiny_checkpoint
 
-    net = {"arch": "resnet18_fpn", "depth": 2, "out_stride": 4, "head_channels": 16, "sigma": 1.5}
-    spec = LocatorSpec.from_dict(
-        {
-            "coarse_height": 256,
-            "coarse_width": 128,
-            "coarse_landmarks": ["femoral_head", "knee_centre", "ankle_centre"],
-            "coarse_net": net,
-            "fine_size": 64,
-            "fine_landmarks": ["femoral_head", "knee_centre", "ankle_centre"],
-            "fine_net": {**net, "out_stride": 2},
-            "crops": [
-                {
-                    "name": "knee",
-                    "anchors": ["knee_centre"],
-                    "weights": [1.0],
-                    "side": 0.3,
-                    "landmarks": ["knee_centre"],
-                }
-            ],
-            "peak_threshold": 0.01,
-            "fine_iterations": 1,
-        }
-    )
-    torch.manual_seed(0)
-    coarse, fine = build_nets(spec)
-    save_checkpoint(make_checkpoint(spec, coarse, fine), tmp_path / "c.pt")
+    tiny_checkpoint(tmp_path / "c.pt", peak_threshold=0.01)
     leg = _right_leg()
     kp = []
     for n in LANDMARK_NAMES:

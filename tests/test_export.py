@@ -96,50 +96,14 @@ def test_unknown_format_is_an_error(tmp_path):
         export_nets({}, tmp_path, ("tflite",))
 
 
-def _small_checkpoint(path):
-    from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
-    from models.spec import LocatorSpec
-
-    net = {"arch": "resnet18_fpn", "depth": 2, "out_stride": 4, "head_channels": 16, "sigma": 1.5}
-    spec = LocatorSpec.from_dict(
-        {
-            "coarse_height": 128,
-            "coarse_width": 64,
-            "coarse_landmarks": ["femoral_head", "knee_centre", "ankle_centre"],
-            "coarse_net": net,
-            "fine_size": 64,
-            "fine_landmarks": ["femoral_head", "knee_centre", "ankle_centre"],
-            "fine_net": {**net, "out_stride": 2},
-            "crops": [
-                {
-                    "name": "knee",
-                    "anchors": ["knee_centre"],
-                    "weights": [1.0],
-                    "side": 0.3,
-                    "landmarks": ["knee_centre"],
-                }
-            ],
-            "peak_threshold": 0.2,
-            "fine_iterations": 1,
-        }
-    )
-    torch.manual_seed(3)
-    coarse, fine = build_nets(spec)
-    with torch.no_grad():
-        for n in (coarse, fine):
-            torch.nn.init.normal_(n.out.weight, std=0.5)
-    save_checkpoint(make_checkpoint(spec, coarse, fine), path)
-    return spec
-
-
 @pytest.mark.slow
 def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
     import argparse
 
     from pipeline.commands import export as cmd
+    from pipeline.engine.testing import tiny_checkpoint, tiny_spec_dict
 
-    ckpt = tmp_path / "small.pt"
-    spec = _small_checkpoint(ckpt)
+    ckpt = tiny_checkpoint(tmp_path / "small.pt", seed=3, out_std=0.5, peak_threshold=0.01)
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
     out = tmp_path / "out"
@@ -151,7 +115,7 @@ def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
     for f in ("coarse.onnx", "fine.onnx", "coarse.torchscript.pt", "fine.torchscript.pt"):
         assert (out / f).stat().st_size > 10_000
     meta = json.loads((out / "locator_spec.json").read_text())
-    assert meta["spec"]["fine_size"] == spec.fine_size
+    assert meta["spec"]["fine_size"] == tiny_spec_dict()["fine_size"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["ok"]
     for fmt in ("onnx", "torchscript"):

@@ -72,16 +72,26 @@ def tiny_spec_dict() -> dict:
     }
 
 
-def tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random locator checkpoint to ``path`` and return it."""
+def tiny_checkpoint(
+    path: str | Path, seed: int = 0, out_std: float | None = None, **spec_overrides
+) -> Path:
+    """Write a tiny random locator checkpoint to ``path`` and return it.
+
+    ``spec_overrides`` replace keys of ``tiny_spec_dict()`` (e.g. ``peak_threshold``);
+    ``out_std`` re-draws the output layers' weights with that spread, which gives a
+    random network heatmap peaks to find (so legs come out, wherever they are)."""
     import torch
 
     from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
     from models.spec import LocatorSpec
 
     torch.manual_seed(seed)
-    spec = LocatorSpec.from_dict(tiny_spec_dict())
+    spec = LocatorSpec.from_dict({**tiny_spec_dict(), **spec_overrides})
     coarse, fine = build_nets(spec)
+    if out_std is not None:
+        with torch.no_grad():
+            for net in (coarse, fine):
+                torch.nn.init.normal_(net.out.weight, std=out_std)
     save_checkpoint(
         make_checkpoint(spec, coarse, fine, config={"note": "random, tests only"}), path
     )
