@@ -143,7 +143,7 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
     torch.set_num_threads(1)
     _init()
     from pipeline.api import FilmInfo, load_config, load_locator, result_from_legs
-    from pipeline.engine.local import EngineOptions, _finish_outputs
+    from pipeline.engine.local import EngineOptions, finish_outputs
     from pipeline.outputs.overlay import thumbnail
     from pipeline.read import read_radiograph
     from pipeline.read.dicom import decode, read_header
@@ -175,7 +175,7 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
         header = rad.header
         del rad
         t0 = time.perf_counter()
-        _finish_outputs(d, header, thumb, opts)
+        finish_outputs(d, header, thumb, opts)
         t["write (overlay, SR, SC, JSON)"] = time.perf_counter() - t0
         if i == 0:
             continue
@@ -204,7 +204,7 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
         d = result_from_legs(FilmInfo.from_radiograph(rad), gt, cfg).to_dict()
         t_meas += time.perf_counter() - t0
         t0 = time.perf_counter()
-        _finish_outputs(d, rad.header, thumb, opts)
+        finish_outputs(d, rad.header, thumb, opts)
         t_write += time.perf_counter() - t0
     res["measure+plan, 2 legs (ground-truth landmarks)"] = t_meas / reps
     res["write, 2 legs (ground-truth landmarks)"] = t_write / reps

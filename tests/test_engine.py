@@ -345,7 +345,7 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
     import pydicom
 
     from pipeline.api import FilmInfo, load_config, result_from_legs
-    from pipeline.engine.local import EngineOptions, _finish_outputs
+    from pipeline.engine.local import EngineOptions, finish_outputs
     from pipeline.landmarks import LegLandmarks
     from pipeline.outputs.overlay import thumbnail
     from pipeline.read import read_radiograph
@@ -364,7 +364,7 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
         (out / sub).mkdir(parents=True)
     opts = EngineOptions(out_dir=out)
     header = pydicom.dcmread(src, stop_before_pixels=True)
-    d1 = _finish_outputs(dict(d), header, thumbnail(rad.pixels, 512), opts)
+    d1 = finish_outputs(dict(d), header, thumbnail(rad.pixels, 512), opts)
     assert set(d1["outputs"]) == {"json", "overlay", "sr", "sc"}, d1.get("output_errors")
     for rel in d1["outputs"].values():
         p = (out / rel).resolve()
@@ -373,7 +373,7 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
     sc = pydicom.dcmread(out / d1["outputs"]["sc"])
     assert sr.StudyInstanceUID == sc.StudyInstanceUID == header.StudyInstanceUID
     assert sr.Modality == "SR" and sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
-    d2 = _finish_outputs(dict(d), header, thumbnail(rad.pixels, 512), opts)
+    d2 = finish_outputs(dict(d), header, thumbnail(rad.pixels, 512), opts)
     assert pydicom.dcmread(out / d2["outputs"]["sr"]).SOPInstanceUID == sr.SOPInstanceUID
     import shutil
 
@@ -432,5 +432,5 @@ def test_worker_start_up_failure_is_not_a_file_failure(tmp_path):
         with pytest.raises(Exception, match="checkpoint not found"):
             local._init_worker(opts, "worker")
     finally:
-        local._W.clear()
+        local.WORKER.clear()
     assert not (tmp_path / "images").exists()

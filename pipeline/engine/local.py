@@ -85,10 +85,14 @@ class EngineOptions:
 
 
 # =============================================================== worker side
-_W: dict[str, Any] = {}
+# The state of one worker process (options, geometry config, locator spec, model), set by
+# the pool initialiser here and by the Ray tasks' initialiser (pipeline.engine.ray_engine);
+# each worker process has its own.  The names below are shared with the Ray engine.
+WORKER: dict[str, Any] = {}
 
 
-def _limit_threads(n: int) -> None:
+def limit_threads(n: int) -> None:
+    """Cap the numeric libraries of this worker process at ``n`` threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
     try:
@@ -103,17 +107,17 @@ def _init_worker(opts: EngineOptions, mode: str, capture: bool = False) -> None:
     """Worker start-up.  With ``capture`` (the local pool), a failure is not raised (the
     pool would only see a dead process) but kept: every task answers with it and the main
     process stops the run (see _InitFailed).  Without, it raises."""
-    _W.pop("init_error", None)
+    WORKER.pop("init_error", None)
     try:
         _init_worker_inner(opts, mode)
     except Exception as exc:  # noqa: BLE001
         if not capture:
             raise
-        _W["init_error"] = _one_line(exc)
+        WORKER["init_error"] = one_line(exc)
 
 
 def _init_failed() -> dict[str, Any] | None:
-    err = _W.get("init_error")
+    err = WORKER.get("init_error")
     return None if err is None else {"__init_error__": err}
 
 
@@ -122,31 +126,32 @@ class _InitFailed(Exception):
 
 
 def _init_worker_inner(opts: EngineOptions, mode: str) -> None:
-    _limit_threads(1)
+    limit_threads(1)
     from pipeline.api import load_config
 
-    _W["opts"] = opts
-    _W["mode"] = mode
-    _W["cfg"] = load_config(opts.config)
+    WORKER["opts"] = opts
+    WORKER["mode"] = mode
+    WORKER["cfg"] = load_config(opts.config)
     if mode == "worker":
         import torch
 
         torch.set_num_threads(1)
         from pipeline.api import load_locator
 
-        _W["locator"] = load_locator(opts.model, device="cpu")
+        WORKER["locator"] = load_locator(opts.model, device="cpu")
     else:
         from models.checkpoint import load_checkpoint
         from models.spec import LocatorSpec
 
-        _W["spec"] = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])
+        WORKER["spec"] = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])
 
 
-def _read(path: str) -> Any:
+def read_input(path: str) -> Any:
+    """Read one input file with this worker's options (spacing override, size limit)."""
     from pipeline.errors import InputError
     from pipeline.read import read_radiograph
 
-    opts: EngineOptions = _W["opts"]
+    opts: EngineOptions = WORKER["opts"]
     rad = read_radiograph(path, spacing_override_mm=opts.spacing_mm, max_pixels=opts.max_pixels)
     if opts.require_spacing and rad.spacing_mm is None:
         err = InputError(f"{path}: no pixel spacing (mm outputs were asked: --require-spacing)")
@@ -155,7 +160,8 @@ def _read(path: str) -> Any:
     return rad
 
 
-def _header_only(rad: Any) -> Any:
+def header_only(rad: Any) -> Any:
+    """The DICOM header of ``rad`` without its pixel data (cheap to send between processes)."""
     header = getattr(rad, "header", None)
     if header is not None and "PixelData" in header:
         header = header.copy()
@@ -163,7 +169,8 @@ def _header_only(rad: Any) -> Any:
     return header
 
 
-def _failure_dict(path: str, exc: BaseException | str, reason: str | None = None) -> dict[str, Any]:
+def failure_dict(path: str, exc: BaseException | str, reason: str | None = None) -> dict[str, Any]:
+    """The result row of a file that failed."""
     from pipeline.api import failed_result
 
     return failed_result(path, exc, reason).to_dict()
@@ -176,36 +183,36 @@ def task_full(path: str) -> dict[str, Any]:
 
     if _init_failed():
         return _init_failed()  # type: ignore[return-value]
-    opts: EngineOptions = _W["opts"]
+    opts: EngineOptions = WORKER["opts"]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
-        rad = _read(path)
+        rad = read_input(path)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
-        d = _failure_dict(path, exc)
+        d = failure_dict(path, exc)
         d["timings_s"] = {"read": round(time.perf_counter() - t0, 4)}
-        return _finish_outputs(d, None, None, opts)
+        return finish_outputs(d, None, None, opts)
     t1 = time.perf_counter()
     timings["read"] = t1 - t0
     try:
         thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
-        locator = _W["locator"]
+        locator = WORKER["locator"]
         legs = locator.locate(rad)
         t2 = time.perf_counter()
         timings["locate"] = t2 - t1
         info = FilmInfo.from_radiograph(rad)
-        header = _header_only(rad)
+        header = header_only(rad)
         del rad
         result = result_from_legs(
-            info, legs, _W["cfg"], model_name=_model_name(opts), timings_s=timings
+            info, legs, WORKER["cfg"], model_name=_model_name(opts), timings_s=timings
         )
         result.timings_s["measure"] = time.perf_counter() - t2
         d = result.to_dict()
     except Exception as exc:  # noqa: BLE001
-        d = _failure_dict(path, exc, "internal_error")
+        d = failure_dict(path, exc, "internal_error")
         d["traceback_tail"] = traceback.format_exc(limit=-3)[-2000:]
-        return _finish_outputs(d, None, None, opts)
-    return _finish_outputs(d, header, thumb, opts)
+        return finish_outputs(d, None, None, opts)
+    return finish_outputs(d, header, thumb, opts)
 
 
 def _model_name(opts: EngineOptions) -> str:
@@ -235,24 +242,24 @@ def task_prepare(path: str) -> Prepared | dict[str, Any]:
 
     if _init_failed():
         return _init_failed()  # type: ignore[return-value]
-    opts: EngineOptions = _W["opts"]
+    opts: EngineOptions = WORKER["opts"]
     t0 = time.perf_counter()
     try:
-        rad = _read(path)
+        rad = read_input(path)
     except Exception as exc:  # noqa: BLE001
-        d = _failure_dict(path, exc)
+        d = failure_dict(path, exc)
         d["timings_s"] = {"read": round(time.perf_counter() - t0, 4)}
-        return _finish_outputs(d, None, None, opts)
+        return finish_outputs(d, None, None, opts)
     t1 = time.perf_counter()
     try:
-        helper = _SpecOnly(_W["spec"])
+        helper = SpecOnly(WORKER["spec"])
         coarse = helper.coarse_input(rad)
         thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
         name = _to_shared(np.ascontiguousarray(rad.pixels, dtype=np.float32))
         prepared = Prepared(
             path=path,
             info=FilmInfo.from_radiograph(rad),
-            header=_header_only(rad),
+            header=header_only(rad),
             thumb=thumb,
             coarse=coarse,
             shm_name=name,
@@ -261,8 +268,8 @@ def task_prepare(path: str) -> Prepared | dict[str, Any]:
         )
         return prepared
     except Exception as exc:  # noqa: BLE001
-        d = _failure_dict(path, exc, "internal_error")
-        return _finish_outputs(d, None, None, opts)
+        d = failure_dict(path, exc, "internal_error")
+        return finish_outputs(d, None, None, opts)
 
 
 def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict[str, Any]:
@@ -271,21 +278,21 @@ def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict
 
     if _init_failed():
         return _init_failed()  # type: ignore[return-value]
-    opts: EngineOptions = _W["opts"]
+    opts: EngineOptions = WORKER["opts"]
     t0 = time.perf_counter()
     try:
         result = result_from_legs(
-            p.info, legs, _W["cfg"], model_name=_model_name(opts), timings_s=timings
+            p.info, legs, WORKER["cfg"], model_name=_model_name(opts), timings_s=timings
         )
         result.timings_s["measure"] = time.perf_counter() - t0
         d = result.to_dict()
     except Exception as exc:  # noqa: BLE001
-        d = _failure_dict(p.path, exc, "internal_error")
-        return _finish_outputs(d, None, None, opts)
-    return _finish_outputs(d, p.header, p.thumb, opts)
+        d = failure_dict(p.path, exc, "internal_error")
+        return finish_outputs(d, None, None, opts)
+    return finish_outputs(d, p.header, p.thumb, opts)
 
 
-def _finish_outputs(
+def finish_outputs(
     d: dict[str, Any], header: Any, thumb: Any, opts: EngineOptions
 ) -> dict[str, Any]:
     """Write overlay, SR, SC (each failure recorded, not fatal), then the JSON last."""
@@ -311,7 +318,7 @@ def _finish_outputs(
             atomic_write_bytes(target, encode_png(rgb))
             outputs["overlay"] = f"overlays/{stem}.png"
         except Exception as exc:  # noqa: BLE001
-            errors["overlay"] = _one_line(exc)
+            errors["overlay"] = one_line(exc)
     if opts.dicom_outputs and header is not None and d.get("status") != "failed":
         from pipeline.outputs.dicom_sc import build_sc
         from pipeline.outputs.dicom_sr import build_sr
@@ -330,7 +337,7 @@ def _finish_outputs(
                 _save_dataset(ds, safe_join(out, "dicom", f"{stem}_{kind}.dcm"))
                 outputs[kind] = f"dicom/{stem}_{kind}.dcm"
             except Exception as exc:  # noqa: BLE001
-                errors[kind] = _one_line(exc)
+                errors[kind] = one_line(exc)
     outputs["json"] = f"images/{stem}.json"
     d["outputs"] = outputs
     if errors:
@@ -356,7 +363,8 @@ def _save_dataset(ds: Any, target: Path) -> None:
     atomic_write_bytes(target, buf.getvalue())
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters), for result rows."""
     s = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {s[0] if s else ''}"[:300]
 
@@ -419,7 +427,7 @@ def _release_shared(name: str) -> None:
         pass
 
 
-class _SpecOnly:
+class SpecOnly:
     """The locator's geometric helpers without its networks (usable in a worker):
     ``coarse_input``, ``coarse_matrix``, ``crop_matrices``, ``fine_inputs`` only read
     ``self.spec``."""
@@ -572,7 +580,7 @@ class LocalEngine:
                         self._suspect(kind, payload)
                         continue
                     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                        self._record(_failure_dict(_item_path(payload), exc, "internal_error"))
+                        self._record(failure_dict(_item_path(payload), exc, "internal_error"))
                         continue
                     self._handle(pool, kind, payload, res)
                 if not broken and self._timed_out(pool):
@@ -625,7 +633,7 @@ class LocalEngine:
             kind, payload = self.in_flight.pop(fut)
             self.running_since.pop(fut, None)
             self._record(
-                _failure_dict(
+                failure_dict(
                     _item_path(payload),
                     f"{_item_path(payload)}: still running after {limit:g} s (--file-timeout); killed",
                     "timeout",
@@ -658,7 +666,7 @@ class LocalEngine:
         item.attempts += 1
         if item.attempts >= 2:
             self._record(
-                _failure_dict(
+                failure_dict(
                     item.path,
                     "worker process died while processing this file (decoder crash or out of memory)",
                     "worker_crashed",
@@ -710,7 +718,7 @@ class LocalEngine:
                 s.release()
             for item, p in batch:
                 p.header = p.thumb = None
-                self._record(_failure_dict(item.path, exc, "internal_error"))
+                self._record(failure_dict(item.path, exc, "internal_error"))
             return
         for s in shared:
             s.release()

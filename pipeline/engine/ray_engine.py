@@ -11,8 +11,8 @@ Ray Data is an optional extra (``pip install -e ".[ray]"``).  Data flow::
       5. CPU task   measure + plan + outputs (JSON, overlay, SR, SC) (_stage_finish)
     driver: iter_rows -> journal (fsync'd) per file -> results table + summary
 
-The per-file work is the local engine's own code (``pipeline.engine.local``: ``_read``,
-``_SpecOnly``, ``task_finish``, ``_finish_outputs``, ``_failure_dict``) and the locator's
+The per-file work is the local engine's own code (``pipeline.engine.local``: ``read_input``,
+``SpecOnly``, ``task_finish``, ``finish_outputs``, ``failure_dict``) and the locator's
 stage functions (``pipeline.locate.Locator``); the driver is a ``LocalEngine`` whose
 ``run`` streams from Ray instead of a process pool (same journal, resume, table, summary).
 
@@ -91,13 +91,13 @@ def _ensure(opts: EngineOptions, run_id: str, spec: Any) -> None:
     """Initialise this Ray worker process for this run: what the local engine's
     ``_init_worker(opts, "main")`` sets, with the locator spec shipped from the driver
     instead of every CPU worker loading the whole checkpoint to read it."""
-    if local._W.get("ray_run") == run_id:
+    if local.WORKER.get("ray_run") == run_id:
         return
     from pipeline.api import load_config
 
-    local._limit_threads(1)
-    local._W.update(opts=opts, mode="main", cfg=load_config(opts.config), spec=spec)
-    local._W["ray_run"] = run_id
+    local.limit_threads(1)
+    local.WORKER.update(opts=opts, mode="main", cfg=load_config(opts.config), spec=spec)
+    local.WORKER["ray_run"] = run_id
 
 
 def _pack(obj: Any) -> bytes:
@@ -116,15 +116,15 @@ def _pending(path: str, state: dict[str, Any]) -> dict[str, Any]:
 
 def _fail(path: str, exc: BaseException | str, reason: str | None, opts: EngineOptions, **kw):
     """A finished row for a failed file (its JSON written, as the local engine does)."""
-    d = local._failure_dict(path, exc, reason)
+    d = local.failure_dict(path, exc, reason)
     if isinstance(exc, BaseException) and reason == "internal_error":
         d["traceback_tail"] = "".join(traceback.format_exception(exc, limit=-3))[-2000:]
     if kw.get("timings"):
         d["timings_s"] = {k: round(v, 4) for k, v in kw["timings"].items()}
-    return _done(path, local._finish_outputs(d, None, None, opts))
+    return _done(path, local.finish_outputs(d, None, None, opts))
 
 
-class _Geometry(local._SpecOnly):
+class _Geometry(local.SpecOnly):
     """The locator's crop geometry without its networks (reads only ``self.spec``)."""
 
     def crop_matrices(self, leg: Any) -> Any:
@@ -146,15 +146,15 @@ def _stage_prepare(
     path = str(row["path"])
     t0 = time.perf_counter()
     try:
-        rad = local._read(path)
+        rad = local.read_input(path)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
         return _fail(path, exc, None, opts, timings={"read": time.perf_counter() - t0})
     t1 = time.perf_counter()
     try:
         state = {
             "info": FilmInfo.from_radiograph(rad),
-            "header": local._header_only(rad),
-            "coarse_input": local._SpecOnly(local._W["spec"]).coarse_input(rad),
+            "header": local.header_only(rad),
+            "coarse_input": local.SpecOnly(local.WORKER["spec"]).coarse_input(rad),
             "thumb": thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None,
             "shape": (rad.height, rad.width),
         }
@@ -179,13 +179,13 @@ def _stage_crops(
     if state["coarse"].legs:
         t0 = time.perf_counter()
         try:
-            rad = local._read(path)
+            rad = local.read_input(path)
         except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
             return _fail(path, exc, None, opts)
         timings["reread"] = timings.get("reread", 0.0) + (time.perf_counter() - t0)
     t1 = time.perf_counter()
     try:
-        state["fine"] = _Geometry(local._W["spec"]).fine_inputs(rad, state["coarse"])
+        state["fine"] = _Geometry(local.WORKER["spec"]).fine_inputs(rad, state["coarse"])
         timings["crop"] = timings.get("crop", 0.0) + (time.perf_counter() - t1)
         return _pending(path, state)
     except Exception as exc:  # noqa: BLE001
@@ -463,7 +463,7 @@ class RayEngine(LocalEngine):
         self._write_results()
         if stopped is not None:
             err = LegalignError(
-                f"the Ray run stopped ({_plain(local._one_line(stopped))}); {self.processed} files "
+                f"the Ray run stopped ({_plain(local.one_line(stopped))}); {self.processed} files "
                 "finished in this run are journalled: re-run the same command to resume"
             )
             err.exit_code = EXIT_RAY_STOPPED
