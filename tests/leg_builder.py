@@ -78,3 +78,15 @@ def build_leg(
     ox, oy = origin
     pts = {n: (ox + s * X, oy + Y) for n, (X, Y) in canonical.items()}
     return LegLandmarks(side=side, points=pts, mirrored=mirrored)
+
+
+def legs_with_confidence(film, conf: float = 0.9, low=None) -> list[LegLandmarks]:
+    """The legs of an annotated (e.g. synthetic) film as predictions: every landmark at
+    confidence ``conf``, except ``low = (side, landmark, confidence)``."""
+    out = []
+    for leg in film.legs:
+        c = {n: conf for n in leg.points}
+        if low and leg.side == low[0]:
+            c[low[1]] = low[2]
+        out.append(LegLandmarks(leg.side, dict(leg.points), c, leg.mirrored))
+    return out

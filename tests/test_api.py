@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from leg_builder import legs_with_confidence
 
 from pipeline.api import (
     FilmInfo,
@@ -15,7 +16,6 @@ from pipeline.api import (
     result_from_legs,
 )
 from pipeline.errors import InputError
-from pipeline.landmarks import LegLandmarks
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,8 @@ def _info(film, spacing=1.0, mirrored=None, laterality=None):
     )
 
 
-def _legs(film, conf=0.9, low=None):
-    out = []
-    for leg in film.legs:
-        c = {n: conf for n in leg.points}
-        if low and leg.side == low[0]:
-            c[low[1]] = low[2]
-        out.append(LegLandmarks(leg.side, dict(leg.points), c, leg.mirrored))
-    return out
-
-
 def test_complete_legs_are_ok_and_typed(film):
-    r = result_from_legs(_info(film), _legs(film), load_config())
+    r = result_from_legs(_info(film), legs_with_confidence(film), load_config())
     assert isinstance(r, ImageResult) and r.status == "ok"
     assert all(isinstance(leg, LegResult) for leg in r.legs)
     assert {leg.side for leg in r.legs} == {"right", "left"}
@@ -72,7 +62,9 @@ def test_complete_legs_are_ok_and_typed(film):
 
 def test_low_confidence_landmark_is_dropped_with_reasons(film):
     r = result_from_legs(
-        _info(film), _legs(film, low=("left", "tibial_plateau_lateral", 0.31)), load_config()
+        _info(film),
+        legs_with_confidence(film, low=("left", "tibial_plateau_lateral", 0.31)),
+        load_config(),
     )
     left = r.leg("left")
     assert left.status == "partial" and r.status == "partial"
@@ -91,13 +83,15 @@ def test_low_confidence_landmark_is_dropped_with_reasons(film):
         cfg, landmarks=dataclasses.replace(cfg.landmarks, low_confidence=0.3)
     )
     r2 = result_from_legs(
-        _info(film), _legs(film, low=("left", "tibial_plateau_lateral", 0.31)), lower
+        _info(film), legs_with_confidence(film, low=("left", "tibial_plateau_lateral", 0.31)), lower
     )
     assert r2.leg("left").status == "ok"
 
 
 def test_low_confidence_core_landmark_fails_the_leg(film):
-    r = result_from_legs(_info(film), _legs(film, low=("right", "knee_centre", 0.1)), load_config())
+    r = result_from_legs(
+        _info(film), legs_with_confidence(film, low=("right", "knee_centre", 0.1)), load_config()
+    )
     right = r.leg("right")
     assert right.status == "failed"
     assert right.measurements.hka_deg is None
@@ -108,7 +102,7 @@ def test_low_confidence_core_landmark_fails_the_leg(film):
 
 
 def test_no_spacing_gives_angles_only(film):
-    r = result_from_legs(_info(film, spacing=None), _legs(film), load_config())
+    r = result_from_legs(_info(film, spacing=None), legs_with_confidence(film), load_config())
     right = r.leg("right")
     assert right.measurements.mad_mm is None and right.measurements.hka_deg is not None
     assert right.null_reasons["mad_mm"].startswith("no pixel spacing")
@@ -122,7 +116,7 @@ def test_no_legs_is_a_failed_result(film):
 
 
 def test_side_source(film):
-    legs = _legs(film)
+    legs = legs_with_confidence(film)
     assert (
         result_from_legs(_info(film, mirrored=False), legs, load_config()).legs[0].side_source
         == "dicom_orientation"

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from leg_builder import legs_with_confidence
 
 from pipeline.api import FilmInfo, load_config, result_from_legs
-from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from pipeline.landmarks import LANDMARK_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +45,7 @@ def synth_dicom(tmp_path_factory):
 
 
 def _result(rad, film, low=None, conf=0.9):
-    legs = []
-    for leg in film.legs:
-        c = {n: conf for n in leg.points}
-        if low and leg.side == low[0]:
-            c[low[1]] = low[2]
-        legs.append(LegLandmarks(leg.side, dict(leg.points), c, leg.mirrored))
+    legs = legs_with_confidence(film, conf, low)
     info = FilmInfo.from_radiograph(rad)
     return result_from_legs(info, legs, load_config(), model_name="test")
 
