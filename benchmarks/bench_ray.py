@@ -63,7 +63,7 @@ def timed_run(engine, n: int) -> dict:
 
 
 def _opts(files: list[Path], model: str | None, workers: int, out: Path):
-    from pipeline.engine.local import EngineOptions
+    from legalign.pipeline.engine.local import EngineOptions
 
     if out.exists():
         shutil.rmtree(out)
@@ -75,7 +75,7 @@ def _opts(files: list[Path], model: str | None, workers: int, out: Path):
 
 
 def local_run(files: list[Path], model: str | None, workers: int, out: Path) -> dict:
-    from pipeline.engine.local import LocalEngine
+    from legalign.pipeline.engine.local import LocalEngine
 
     inputs, opts = _opts(files, model, workers, out)
     opts.mode = "worker"
@@ -83,7 +83,7 @@ def local_run(files: list[Path], model: str | None, workers: int, out: Path) -> 
 
 
 def ray_run(files: list[Path], model: str | None, workers: int, out: Path) -> dict:
-    from pipeline.engine.ray_engine import RayEngine, RayOptions
+    from legalign.pipeline.engine.ray_engine import RayEngine, RayOptions
 
     inputs, opts = _opts(files, model, workers, out)
     engine = RayEngine(inputs, opts, RayOptions())

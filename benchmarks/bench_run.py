@@ -43,8 +43,8 @@ SYNTAXES = {"uncompressed": "explicit", "jpeg2000": "j2k"}
 
 
 def make_films(data: Path, counts: dict[str, int]) -> dict[str, list[Path]]:
-    from training.synth.dicom_archive import DicomOptions, write_film_dicom
-    from training.synth.film import generate_film
+    from legalign.training.synth.dicom_archive import DicomOptions, write_film_dicom
+    from legalign.training.synth.film import generate_film
 
     out: dict[str, list[Path]] = {k: [] for k in SYNTAXES}
     for i in range(max(counts.values())):
@@ -69,14 +69,13 @@ def make_films(data: Path, counts: dict[str, int]) -> dict[str, list[Path]]:
 def model_path(arg: str | None, data: Path) -> tuple[str | None, str]:
     if arg:
         return arg, f"given: {arg}"
-    from models.checkpoint import DEFAULT_WEIGHTS
+    from legalign.models.checkpoint import DEFAULT_WEIGHTS
 
     if DEFAULT_WEIGHTS.is_file():
         return None, f"shipped default ({DEFAULT_WEIGHTS.name})"
     import yaml
-
-    from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
-    from models.spec import LocatorSpec
+    from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
+    from legalign.models.spec import LocatorSpec
 
     spec = LocatorSpec.from_dict(
         yaml.safe_load((REPO / "configs" / "train_default.yaml").read_text())["model"]
@@ -97,7 +96,7 @@ def _init() -> None:
 def _decode(path: str) -> float:
     """Decode only, with the decoder the reader uses (pipeline.read.dicom picks a preferred
     plugin per transfer syntax); returns the CPU seconds it took in this process."""
-    from pipeline.read.dicom import decode, read_header
+    from legalign.pipeline.read.dicom import decode, read_header
 
     c0 = time.process_time()
     decode(path, read_header(path))
@@ -105,7 +104,7 @@ def _decode(path: str) -> float:
 
 
 def _read(path: str) -> float:
-    from pipeline.read import read_radiograph
+    from legalign.pipeline.read import read_radiograph
 
     c0 = time.process_time()
     read_radiograph(path)
@@ -142,11 +141,11 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
 
     torch.set_num_threads(1)
     _init()
-    from pipeline.api import FilmInfo, load_config, load_locator, result_from_legs
-    from pipeline.engine.local import EngineOptions, finish_outputs
-    from pipeline.outputs.overlay import thumbnail
-    from pipeline.read import read_radiograph
-    from pipeline.read.dicom import decode, read_header
+    from legalign.pipeline.api import FilmInfo, load_config, load_locator, result_from_legs
+    from legalign.pipeline.engine.local import EngineOptions, finish_outputs
+    from legalign.pipeline.outputs.overlay import thumbnail
+    from legalign.pipeline.read import read_radiograph
+    from legalign.pipeline.read.dicom import decode, read_header
 
     loc = load_locator(model)
     cfg = load_config()
@@ -187,8 +186,8 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
     res["legs found per film"] = legs_found / n
     # the cost of measuring and writing when two legs are found, whatever the model finds:
     # the first film's ground-truth landmarks (made by the generator) through the same code
-    from pipeline.landmarks import LegLandmarks
-    from training.synth.film import generate_film
+    from legalign.pipeline.landmarks import LegLandmarks
+    from legalign.training.synth.film import generate_film
 
     film = generate_film(1000, size="native")
     rad = read_radiograph(str(files[0]))
@@ -214,13 +213,13 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
 def _warm(i: int) -> int:
     """Pay each worker's one-time costs (imports, highdicom's tables, first SR) before the
     clock starts, as an archive-scale run pays them once."""
-    from pipeline.api import FilmInfo, load_config, result_from_legs
-    from pipeline.landmarks import LegLandmarks
-    from pipeline.outputs.dicom_sc import build_sc
-    from pipeline.outputs.dicom_sr import build_sr
-    from pipeline.outputs.overlay import render_overlay, thumbnail
-    from training.synth.dicom_archive import DicomOptions, build_dataset
-    from training.synth.film import generate_film
+    from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
+    from legalign.pipeline.landmarks import LegLandmarks
+    from legalign.pipeline.outputs.dicom_sc import build_sc
+    from legalign.pipeline.outputs.dicom_sr import build_sr
+    from legalign.pipeline.outputs.overlay import render_overlay, thumbnail
+    from legalign.training.synth.dicom_archive import DicomOptions, build_dataset
+    from legalign.training.synth.film import generate_film
 
     film = generate_film(i, size="small")
     ds = build_dataset(film, DicomOptions(), index=i, seed=i)
@@ -238,7 +237,7 @@ def end_to_end(files: list[Path], model: str | None, workers: int, mode: str, ou
     """The local engine over the films.  Rates: over the whole call (start-up included)
     and over the processing only (from the moment the worker processes are initialised,
     which the engine does before the first file is submitted, to the last result)."""
-    from pipeline.engine.local import EngineOptions, LocalEngine
+    from legalign.pipeline.engine.local import EngineOptions, LocalEngine
 
     if out.exists():
         shutil.rmtree(out)

@@ -1,6 +1,6 @@
 """Time ``Locator.locate`` on native-resolution synthetic films (CPU by default).
 
-    python -m models.benchmark [--checkpoint PATH] [--films 3] [--repeats 5] [--threads 2]
+    python -m legalign.models.benchmark [--checkpoint PATH] [--films 3] [--repeats 5] [--threads 2]
 
 Prints the per-stage and total seconds per film (median over repeats, after a warm-up),
 and the landmark errors against the films' ground truth.
@@ -26,17 +26,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-
-    from pipeline.locate import Locator
-    from training.datasets import load_dataset
-    from training.samples import film_from_annotated
-    from training.train import evaluate_films, format_eval
+    from legalign.pipeline.locate import Locator
+    from legalign.training.datasets import load_dataset
+    from legalign.training.samples import film_from_annotated
+    from legalign.training.train import evaluate_films, format_eval
 
     torch.set_num_threads(args.threads)
     loc = Locator.from_checkpoint(args.checkpoint, device=args.device)
     ds = load_dataset(f"synthetic:{args.films}:native", seed=args.seed)
     films = [film_from_annotated(ds[i]) for i in range(len(ds))]
-    from pipeline.radiograph import Radiograph
+    from legalign.pipeline.radiograph import Radiograph
 
     stage_t: dict[str, list[float]] = {
         "coarse_input": [],

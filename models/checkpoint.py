@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from legalign.models.spec import LocatorSpec, NetSpec
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LANDMARK_NAMES
 from torch import nn
-
-from models.spec import LocatorSpec, NetSpec
-from pipeline.errors import InputError
-from pipeline.landmarks import LANDMARK_NAMES
 
 FORMAT = "legalign-locator"
 FORMAT_VERSION = 1
@@ -28,7 +27,7 @@ DEFAULT_WEIGHTS = WEIGHTS_DIR / "legalign_default.pt"
 
 
 def build_net(net: NetSpec, num_outputs: int, pretrained: bool = False) -> nn.Module:
-    from models.heatmap_net import build_model
+    from legalign.models.heatmap_net import build_model
 
     return build_model(
         net.arch,
@@ -54,7 +53,7 @@ def make_checkpoint(
     train_state: dict | None = None,
     half: bool = False,
 ) -> dict[str, Any]:
-    from pipeline import __version__
+    from legalign.pipeline import __version__
 
     def sd(m: nn.Module) -> dict[str, torch.Tensor]:
         out = {}

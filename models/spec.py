@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.config_schema import ConfigError, from_mapping
-from pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.config_schema import ConfigError, from_mapping
+from legalign.pipeline.landmarks import LANDMARK_NAMES
 
 
 @dataclass
@@ -30,7 +30,7 @@ class NetSpec:
     sigma: float  # target Gaussian sigma, heatmap pixels
 
     def validate(self) -> None:
-        from models.heatmap_net import available_architectures
+        from legalign.models.heatmap_net import available_architectures
 
         if self.arch not in available_architectures():
             raise ConfigError(

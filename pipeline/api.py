@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import InputError, LegalignError
-from pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
-from pipeline.measure import MM_VALUES, REQUIRES
+from legalign.pipeline.errors import InputError, LegalignError
+from legalign.pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
+from legalign.pipeline.measure import MM_VALUES, REQUIRES
 
 DISCLAIMER = "Planning support only: not a clinical decision; a clinician must verify."
 RESULT_SCHEMA = "legalign.image/1"
@@ -286,7 +285,7 @@ def failed_result(path: str, exc: BaseException | str, reason: str | None = None
 
 def load_config(config: Any = None) -> Any:
     """A GeometryConfig from None (defaults), a path, or a GeometryConfig."""
-    from pipeline.geometry_config import GeometryConfig, load_geometry_config
+    from legalign.pipeline.geometry_config import GeometryConfig, load_geometry_config
 
     if isinstance(config, GeometryConfig):
         return config
@@ -295,7 +294,7 @@ def load_config(config: Any = None) -> Any:
 
 def load_locator(model: Any = None, device: str = "cpu") -> Any:
     """A Locator from None (shipped default), a checkpoint path, or a Locator."""
-    from pipeline.locate import Locator
+    from legalign.pipeline.locate import Locator
 
     if isinstance(model, Locator):
         return model
@@ -346,8 +345,8 @@ def build_leg(
     leg: LegLandmarks, spacing_mm: float | None, cfg: Any, side_source: str | None = None
 ) -> LegResult:
     """Drop low-confidence landmarks, measure, plan, and explain every null value."""
-    from pipeline.measure import measure_leg
-    from pipeline.plan import plan_leg
+    from legalign.pipeline.measure import measure_leg
+    from legalign.pipeline.plan import plan_leg
 
     threshold = float(cfg.landmarks.low_confidence)
     landmarks: dict[str, Landmark] = {}
@@ -374,7 +373,7 @@ def build_leg(
     try:
         meas = measure_leg(used_leg, spacing_mm, cfg)
     except LegalignError as exc:  # e.g. two landmarks that define a line coincide
-        from pipeline.measure import LegMeasurements
+        from legalign.pipeline.measure import LegMeasurements
 
         why = str(exc).splitlines()[0]
         meas = LegMeasurements(null_reasons={k: why for k in MEASUREMENT_KEYS})
@@ -517,7 +516,7 @@ def radiograph_from(
     path_or_array: str | Path | np.ndarray, *, spacing_mm: float | None = None
 ) -> Any:
     """A Radiograph from a path (the readers) or an array (normalised here)."""
-    from pipeline.radiograph import Radiograph
+    from legalign.pipeline.radiograph import Radiograph
 
     if isinstance(path_or_array, np.ndarray):
         arr = np.asarray(path_or_array)
@@ -537,6 +536,6 @@ def radiograph_from(
             spacing_mm=spacing_mm,
             spacing_source="user" if spacing_mm is not None else None,
         )
-    from pipeline.read import read_radiograph
+    from legalign.pipeline.read import read_radiograph
 
     return read_radiograph(str(path_or_array), spacing_override_mm=spacing_mm)

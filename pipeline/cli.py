@@ -12,16 +12,16 @@ import importlib
 import os
 import sys
 
-from pipeline import __version__
-from pipeline.errors import LegalignError
+from legalign.pipeline import __version__
+from legalign.pipeline.errors import LegalignError
 
 COMMANDS: tuple[str, ...] = (
-    "pipeline.commands.measure",
-    "pipeline.commands.train",
-    "pipeline.commands.run",
-    "pipeline.commands.evaluate",
-    "pipeline.commands.export",
-    "pipeline.commands.synth",
+    "legalign.pipeline.commands.measure",
+    "legalign.pipeline.commands.train",
+    "legalign.pipeline.commands.run",
+    "legalign.pipeline.commands.evaluate",
+    "legalign.pipeline.commands.export",
+    "legalign.pipeline.commands.synth",
 )
 
 

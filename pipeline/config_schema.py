@@ -11,17 +11,18 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
-from pipeline.errors import LegalignError
+from legalign.pipeline.errors import LegalignError
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
+# The default configs are package data of ``legalign.configs`` (the repository's configs/).
+CONFIG_DIR = Path(str(resources.files("legalign.configs")))
 
 
 class ConfigError(LegalignError):

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from pipeline.errors import InputError
-from pipeline.landmarks import LegLandmarks
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LegLandmarks
 
 Vec = np.ndarray
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config_schema import CONFIG_DIR, ConfigError, load_config
+from legalign.pipeline.config_schema import CONFIG_DIR, ConfigError, load_config
 
 DEFAULT_GEOMETRY_CONFIG = "geometry.yaml"
 CONFIG_FILE = CONFIG_DIR / DEFAULT_GEOMETRY_CONFIG

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.errors import InputError
-from pipeline.geometry import to_canonical
-from pipeline.landmarks import SIDES, LandmarkError, LegLandmarks
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.geometry import to_canonical
+from legalign.pipeline.landmarks import SIDES, LandmarkError, LegLandmarks
 
 # Anatomical side checks: (medial-side landmark, lateral-side landmark).
 SIDE_CHECKS = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 LANDMARK_NAMES: tuple[str, ...] = (
     "femoral_head",

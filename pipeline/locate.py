@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.landmarks import LegLandmarks
-from pipeline.radiograph import Radiograph
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.radiograph import Radiograph
 
 # below this coarse peak the trochanter is not trusted to give the medial direction
 _TROCHANTER_MIN_CONF = 0.2
@@ -83,20 +82,20 @@ class Locator:
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device="cpu") -> Locator:
         """Load a checkpoint (``None``: the shipped default in ``models/weights/``)."""
-        from models.checkpoint import load_checkpoint, nets_from_checkpoint
+        from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
 
         spec, coarse, fine = nets_from_checkpoint(load_checkpoint(path))
         return cls(spec, coarse, fine, device=device)
 
     # ------------------------------------------------------------------ coarse
     def coarse_matrix(self, height: int, width: int) -> np.ndarray:
-        from models.crops import letterbox_matrix
+        from legalign.models.crops import letterbox_matrix
 
         return letterbox_matrix(height, width, self.spec.coarse_height, self.spec.coarse_width)
 
     def coarse_input(self, radiograph: Radiograph) -> np.ndarray:
         """The whole film letterboxed into the coarse canvas: float32 (1, Hc, Wc)."""
-        from models.crops import warp
+        from legalign.models.crops import warp
 
         A = self.coarse_matrix(radiograph.height, radiograph.width)
         img = warp(radiograph.pixels, A, (self.spec.coarse_height, self.spec.coarse_width))
@@ -123,8 +122,8 @@ class Locator:
 
         Uses only the film's size and its DICOM ``mirrored``/``laterality``.
         """
-        from models import heatmap_codec as hc
-        from models.crops import apply_affine, invert_affine
+        from legalign.models import heatmap_codec as hc
+        from legalign.models.crops import apply_affine, invert_affine
 
         spec = self.spec
         stride = spec.coarse_net.out_stride
@@ -214,7 +213,7 @@ class Locator:
         With several ``spec.fine_scales`` each joint is cropped at each scale (test-time
         augmentation); the answers are averaged in ``decode_fine``.
         """
-        from models.crops import crop_matrix
+        from legalign.models.crops import crop_matrix
 
         out = []
         for crop in self.spec.crops:
@@ -236,7 +235,7 @@ class Locator:
 
     def fine_inputs(self, radiograph: Radiograph, coarse: CoarseResult) -> FineInputs:
         """Crops around each joint of each coarse leg."""
-        from models.crops import warp
+        from legalign.models.crops import warp
 
         s = self.spec.fine_size
         crops, mats, items = [], [], []
@@ -257,8 +256,8 @@ class Locator:
     def _fine_points(
         self, inputs: FineInputs, heatmaps: np.ndarray
     ) -> dict[int, dict[str, tuple[tuple[float, float], float]]]:
-        from models import heatmap_codec as hc
-        from models.crops import apply_affine, invert_affine
+        from legalign.models import heatmap_codec as hc
+        from legalign.models.crops import apply_affine, invert_affine
 
         stride = self.spec.fine_net.out_stride
         found: dict[int, dict[str, tuple[tuple[float, float], float]]] = {}

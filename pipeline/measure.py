@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from pipeline.geometry import (
+from legalign.pipeline.geometry import (
     angle_between_deg,
     check_distinct,
     line_intersection,
@@ -30,8 +29,8 @@ from pipeline.geometry import (
     to_canonical,
     unit,
 )
-from pipeline.geometry_config import GeometryConfig, load_geometry_config
-from pipeline.landmarks import LegLandmarks
+from legalign.pipeline.geometry_config import GeometryConfig, load_geometry_config
+from legalign.pipeline.landmarks import LegLandmarks
 
 H, K, A = "femoral_head", "knee_centre", "ankle_centre"
 CM, CL = "femoral_condyle_medial", "femoral_condyle_lateral"

@@ -17,13 +17,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from legalign.pipeline.errors import PlanningError
+from legalign.pipeline.geometry import (
+    from_canonical,
+    medial_normal,
+    rotate_about,
+    to_canonical,
+    unit,
+)
+from legalign.pipeline.geometry_config import (
+    GeometryConfig,
+    OsteotomyGeometry,
+    load_geometry_config,
+)
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.measure import CL, CM, PL, PM, A, H, K, LegMeasurements, measure_leg
 from scipy.optimize import brentq
-
-from pipeline.errors import PlanningError
-from pipeline.geometry import from_canonical, medial_normal, rotate_about, to_canonical, unit
-from pipeline.geometry_config import GeometryConfig, OsteotomyGeometry, load_geometry_config
-from pipeline.landmarks import LegLandmarks
-from pipeline.measure import CL, CM, PL, PM, A, H, K, LegMeasurements, measure_leg
 
 DISCLAIMER = "Planning support only; not a clinical decision."
 POST_KEYS = ("hka_deg", "mad_mm", "wbl_ratio_pct", "mpta_deg", "mldfa_deg")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.errors import InputError, PlanningError
-from pipeline.geometry_config import GeometryConfig
-from pipeline.landmarks import LegLandmarks
-from pipeline.measure import measure_film
-from pipeline.plan import DISCLAIMER, plan_leg
+from legalign.pipeline.errors import InputError, PlanningError
+from legalign.pipeline.geometry_config import GeometryConfig
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.measure import measure_film
+from legalign.pipeline.plan import DISCLAIMER, plan_leg
 
 
 def film_report(

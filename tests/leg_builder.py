@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.landmarks import LegLandmarks
+from legalign.pipeline.landmarks import LegLandmarks
 
 
 def _dir(deg: float) -> tuple[float, float]:

@@ -1,12 +1,11 @@
-"""pipeline.api: typed results, low-confidence dropping with null reasons, analyse()."""
+"""legalign.pipeline.api: typed results, low-confidence dropping with null reasons, analyse()."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
-
-from pipeline.api import (
+from legalign.pipeline.api import (
     FilmInfo,
     ImageResult,
     LegResult,
@@ -15,12 +14,12 @@ from pipeline.api import (
     load_config,
     result_from_legs,
 )
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def film():
-    from training.synth.film import generate_film
+    from legalign.training.synth.film import generate_film
 
     return generate_film(3, size="small", legs="both", distractors=False)
 
@@ -153,8 +152,7 @@ def test_analyse_array_and_path(tmp_path, film):
     """analyse() runs the real locator (a tiny random checkpoint here: no accuracy is
     asserted, only the typed result and its consistency)."""
     import cv2
-
-    from pipeline.engine.testing import tiny_checkpoint
+    from legalign.pipeline.engine.testing import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     r = analyse(film.image, model=ckpt, spacing_mm=1.0)

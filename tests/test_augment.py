@@ -8,10 +8,9 @@ import math
 
 import numpy as np
 import pytest
-
-from pipeline.config_schema import ConfigError
-from pipeline.landmarks import LegLandmarks
-from training.augment import (
+from legalign.pipeline.config_schema import ConfigError
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.training.augment import (
     AugmentationConfig,
     AugmentParams,
     augment_with,
@@ -22,7 +21,7 @@ from training.augment import (
     resample_film,
     resize_matrix,
 )
-from training.datasets import AnnotatedFilm
+from legalign.training.datasets import AnnotatedFilm
 
 H, W = 320, 140
 SIGMA = 2.5

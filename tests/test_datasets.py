@@ -9,10 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from pipeline.errors import InputError
-from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
-from training.datasets import (
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from legalign.training.datasets import (
     AnnotatedFilm,
     CocoKeypointDataset,
     ConcatFilms,
@@ -372,9 +371,9 @@ def test_load_dataset_synthetic_spec_and_bad_specs(tmp_path):
 
 
 def test_synthetic_dataset_with_real_generator():
-    synth = pytest.importorskip("training.synth")
+    synth = pytest.importorskip("legalign.training.synth")
     if not hasattr(synth, "generate_film"):
-        pytest.skip("training.synth.generate_film not available yet")
+        pytest.skip("legalign.training.synth.generate_film not available yet")
     ds = SyntheticDataset(1, seed=0, size="small")
     f = ds[0]
     assert f.image.dtype == np.float32 and f.image.ndim == 2
@@ -410,10 +409,10 @@ def test_oai_sample_reads():
 
 
 def test_coco_written_like_legalign_synth_reads_back_exactly(tmp_path):
-    synth = pytest.importorskip("training.synth")
-    coco_mod = pytest.importorskip("training.synth.coco")
+    synth = pytest.importorskip("legalign.training.synth")
+    coco_mod = pytest.importorskip("legalign.training.synth.coco")
     if not hasattr(synth, "generate_film"):
-        pytest.skip("training.synth.generate_film not available yet")
+        pytest.skip("legalign.training.synth.generate_film not available yet")
     film = synth.generate_film(3, size="small", legs="both")
     assert cv2.imwrite(str(tmp_path / "f.png"), film.image)
     coco = coco_mod.new_coco("test")
@@ -437,9 +436,9 @@ def test_coco_written_like_legalign_synth_reads_back_exactly(tmp_path):
 
 
 def test_dicom_image_in_a_coco_file(tmp_path):
-    synth = pytest.importorskip("training.synth")
-    dicom = pytest.importorskip("training.synth.dicom_archive")
-    coco_mod = pytest.importorskip("training.synth.coco")
+    synth = pytest.importorskip("legalign.training.synth")
+    dicom = pytest.importorskip("legalign.training.synth.dicom_archive")
+    coco_mod = pytest.importorskip("legalign.training.synth.coco")
     film = synth.generate_film(4, size="small", legs="right")
     opts = dicom.DicomOptions(photometric="MONOCHROME1", bits_stored=12)
     dicom.write_film_dicom(tmp_path / "f.dcm", film, opts, index=0, seed=0)

@@ -12,11 +12,8 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import pixel_array
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
-
-from pipeline.landmarks import LegLandmarks
-from training.synth.dicom_archive import (
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.training.synth.dicom_archive import (
     BITS_STORED,
     CR_UID,
     DX_FOR_PRESENTATION_UID,
@@ -30,6 +27,8 @@ from training.synth.dicom_archive import (
     stored_pixel_array,
     write_film_dicom,
 )
+from pydicom.pixels import pixel_array
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 SYNTAX_UIDS = {
     "explicit": pydicom.uid.ExplicitVRLittleEndian,
@@ -290,9 +289,9 @@ def test_constant_image_gets_full_range_window(tmp_path):
 
 def test_generated_films_valid_and_exact(tmp_path):
     """Films from the real generator, with random options: exact and dciodvfy-clean."""
-    synth = pytest.importorskip("training.synth")
+    synth = pytest.importorskip("legalign.training.synth")
     if not hasattr(synth, "generate_film"):
-        pytest.skip("training.synth.generate_film not available")
+        pytest.skip("legalign.training.synth.generate_film not available")
     rng = np.random.default_rng(2)
     for i in range(3):
         film = synth.generate_film(i, size="small")

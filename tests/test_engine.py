@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.engine.inputs import expand_inputs
-from pipeline.engine.journal import Journal, file_key
+from legalign.pipeline.engine.inputs import expand_inputs
+from legalign.pipeline.engine.journal import Journal, file_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,14 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from pipeline.engine.testing import tiny_checkpoint
+    from legalign.pipeline.engine.testing import tiny_checkpoint
 
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 def _write_film(path, seed, **opts):
-    from training.synth.dicom_archive import DicomOptions, write_film_dicom
-    from training.synth.film import generate_film
+    from legalign.training.synth.dicom_archive import DicomOptions, write_film_dicom
+    from legalign.training.synth.film import generate_film
 
     film = generate_film(seed, size="small")
     write_film_dicom(path, film, DicomOptions(**opts), index=seed, seed=seed)
@@ -63,8 +62,7 @@ def archive(tmp_path_factory):
     # rasters: 16-bit PNG, 16-bit TIFF, 8-bit JPEG
     import cv2
     import tifffile
-
-    from training.synth.film import generate_film
+    from legalign.training.synth.film import generate_film
 
     img16 = generate_film(150, size="small").image
     cv2.imwrite(str(root / "a" / "film16.png"), img16)
@@ -90,7 +88,7 @@ def archive(tmp_path_factory):
 
 
 def _run(args, timeout=240, **kw):
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", *map(str, args)]
+    cmd = [sys.executable, "-m", "legalign.pipeline.cli", "run", *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -244,7 +242,7 @@ def test_sigkill_then_rerun_gives_every_file_exactly_once(tmp_path, tiny_ckpt):
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "legalign.pipeline.cli",
         "run",
         str(src),
         "--out",
@@ -283,7 +281,7 @@ def test_sigkill_then_rerun_gives_every_file_exactly_once(tmp_path, tiny_ckpt):
     # each file's rows with its JSON
     assert sorted(per_file.index) == sorted(str(p) for p in src.iterdir())
     for f, count in per_file.items():
-        from pipeline.outputs.image_json import output_stem
+        from legalign.pipeline.outputs.image_json import output_stem
 
         d = json.loads((out / "images" / f"{output_stem(f)}.json").read_text())
         assert count == max(1, len(d["legs"]))
@@ -343,12 +341,11 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
     """What the engine writes for one DICOM film with legs: JSON, overlay, SR, SC, all
     inside --out, SR/SC in the source's study with stable UIDs on a re-write."""
     import pydicom
-
-    from pipeline.api import FilmInfo, load_config, result_from_legs
-    from pipeline.engine.local import EngineOptions, finish_outputs
-    from pipeline.landmarks import LegLandmarks
-    from pipeline.outputs.overlay import thumbnail
-    from pipeline.read import read_radiograph
+    from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
+    from legalign.pipeline.engine.local import EngineOptions, finish_outputs
+    from legalign.pipeline.landmarks import LegLandmarks
+    from legalign.pipeline.outputs.overlay import thumbnail
+    from legalign.pipeline.read import read_radiograph
 
     src = tmp_path / "src" / "film.dcm"
     src.parent.mkdir()
@@ -420,7 +417,7 @@ def test_file_timeout_kills_and_records_without_stopping_the_run(tmp_path, tiny_
 def test_worker_start_up_failure_is_not_a_file_failure(tmp_path):
     """A worker that cannot start answers every task with its error (the main process
     then stops the run) instead of recording files as failed."""
-    from pipeline.engine import local
+    from legalign.pipeline.engine import local
 
     opts = local.EngineOptions(out_dir=tmp_path, model=str(tmp_path / "missing.pt"))
     try:

@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 import pytest
-
-from pipeline.errors import InputError
-from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
-from training.datasets import AnnotatedFilm
-from training.evaluate import (
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from legalign.training.datasets import AnnotatedFilm
+from legalign.training.evaluate import (
     Failure,
     LegEvaluation,
     evaluate_films,
@@ -210,7 +209,7 @@ def test_write_outputs_with_nothing_measured(tmp_path):
 def test_cli_evaluate_reports_missing_checkpoint(tmp_path):
     import argparse
 
-    from pipeline.commands import evaluate as cmd
+    from legalign.pipeline.commands import evaluate as cmd
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
@@ -229,8 +228,8 @@ def test_cli_evaluate_reports_missing_checkpoint(tmp_path):
 
 def test_evaluate_locator_passes_the_seed_to_synthetic_films(monkeypatch):
     """``--seed`` picks the synthetic films (unseen seeds for a model trained on 0-99)."""
-    import training.datasets as datasets
-    from training import evaluate as ev_mod
+    import legalign.training.datasets as datasets
+    from legalign.training import evaluate as ev_mod
 
     opened = []
 
@@ -247,7 +246,7 @@ def test_evaluate_locator_passes_the_seed_to_synthetic_films(monkeypatch):
             return []
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr("pipeline.locate.Locator", FakeLocator)
+    monkeypatch.setattr("legalign.pipeline.locate.Locator", FakeLocator)
     rep = ev_mod.evaluate_locator("x.pt", "synthetic:3:native", dataset_options={"seed": 7})
     assert opened == [("synthetic:3:native", {"seed": 7})]
     assert rep["dataset_options"] == {"seed": 7}
@@ -261,8 +260,8 @@ def test_evaluate_command_runs_a_real_locator(tmp_path, capsys):
     import cv2
 
     pytest.importorskip("torch")
-    from pipeline.commands import evaluate as cmd
-    from pipeline.engine.testing import tiny_checkpoint
+    from legalign.pipeline.commands import evaluate as cmd
+    from legalign.pipeline.engine.testing import tiny_checkpoint
 
     tiny_checkpoint(tmp_path / "c.pt", peak_threshold=0.01)
     leg = _right_leg()

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from models import heatmap_codec as hc  # noqa: E402
-from models.heatmap_net import build_model  # noqa: E402
-from training.export import (  # noqa: E402
+from legalign.models import heatmap_codec as hc  # noqa: E402
+from legalign.models.heatmap_net import build_model  # noqa: E402
+from legalign.training.export import (  # noqa: E402
     ExportError,
     compare_outputs,
     export_nets,
@@ -76,7 +76,7 @@ def test_compare_outputs_detects_a_shifted_heatmap():
 
 
 def test_export_fails_when_the_model_does_not_match(tmp_path, monkeypatch, small_net):
-    import training.export as ex
+    import legalign.training.export as ex
 
     net = small_net
     real = ex.onnx_runner
@@ -100,8 +100,8 @@ def test_unknown_format_is_an_error(tmp_path):
 def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
     import argparse
 
-    from pipeline.commands import export as cmd
-    from pipeline.engine.testing import tiny_checkpoint, tiny_spec_dict
+    from legalign.pipeline.commands import export as cmd
+    from legalign.pipeline.engine.testing import tiny_checkpoint, tiny_spec_dict
 
     ckpt = tiny_checkpoint(tmp_path / "small.pt", seed=3, out_std=0.5, peak_threshold=0.01)
     parser = argparse.ArgumentParser()
@@ -126,7 +126,7 @@ def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
         for fmt in ("onnx", "torchscript"):
             assert report["networks"][net][fmt]["max_landmark_diff_px"] < 0.1
     # the fine network exported as ONNX reproduces PyTorch's fine landmarks
-    from models.checkpoint import load_checkpoint, nets_from_checkpoint
+    from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
 
     _, _, fine = nets_from_checkpoint(load_checkpoint(ckpt))
     x = film_like_inputs((64, 64), n=2, seed=5)
@@ -141,8 +141,8 @@ def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
 def test_cli_export_missing_checkpoint(tmp_path):
     import argparse
 
-    from pipeline.commands import export as cmd
-    from pipeline.errors import InputError
+    from legalign.pipeline.commands import export as cmd
+    from legalign.pipeline.errors import InputError
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
@@ -159,9 +159,9 @@ class _FakeLocator:
 
 
 def test_compare_locators_reports_differences_and_mismatches():
-    from pipeline.landmarks import LegLandmarks
-    from pipeline.radiograph import Radiograph
-    from training.export import compare_locators
+    from legalign.pipeline.landmarks import LegLandmarks
+    from legalign.pipeline.radiograph import Radiograph
+    from legalign.training.export import compare_locators
 
     films = [Radiograph(path=p, pixels=np.zeros((4, 4), np.float32)) for p in ("a", "b", "c")]
     leg = LegLandmarks("right", {"knee_centre": (10.0, 20.0), "ankle_centre": (11.0, 40.0)})

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from training.label_audit import audit, fit_circle, head_arc_fit, main
+from legalign.training.label_audit import audit, fit_circle, head_arc_fit, main
 
 
 def _head_outline(rng, n, noise):

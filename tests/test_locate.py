@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models.checkpoint import (
+from legalign.models.checkpoint import (
     DEFAULT_WEIGHTS,
     build_nets,
     load_checkpoint,
@@ -21,12 +20,12 @@ from models.checkpoint import (
     nets_from_checkpoint,
     save_checkpoint,
 )
-from pipeline.errors import InputError
-from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
-from pipeline.locate import CoarseLeg, FineInputs, Locator, _assign_sides
-from pipeline.radiograph import Radiograph
-from training.samples import TrainFilm, coarse_sample, fine_sample
-from training.train import load_train_config
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from legalign.pipeline.locate import CoarseLeg, FineInputs, Locator, _assign_sides
+from legalign.pipeline.radiograph import Radiograph
+from legalign.training.samples import TrainFilm, coarse_sample, fine_sample
+from legalign.training.train import load_train_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 
@@ -243,7 +242,7 @@ def test_shipped_default_weights_load():
 
 def test_shipped_default_model_finds_synthetic_legs():
     """The default model on an unseen 1 mm/px synthetic bilateral film (seed not trained on)."""
-    from training.datasets import load_dataset
+    from legalign.training.datasets import load_dataset
 
     film = load_dataset("synthetic:1:small", seed=1_000_321)[0]
     loc = Locator.from_checkpoint(None)
@@ -259,8 +258,8 @@ def test_shipped_default_model_finds_synthetic_legs():
 
 
 def test_multi_scale_crops_average_back_to_the_point(spec):
-    from models import heatmap_codec as hc
-    from models.crops import apply_affine
+    from legalign.models import heatmap_codec as hc
+    from legalign.models.crops import apply_affine
 
     spec3 = dataclasses.replace(spec, fine_scales=[0.9, 1.0, 1.1])
     coarse, fine = build_nets(spec3)

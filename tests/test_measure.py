@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 from leg_builder import build_leg
-
-from pipeline.errors import InputError
-from pipeline.landmarks import LegLandmarks
-from pipeline.measure import measure_film, measure_leg
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.measure import measure_film, measure_leg
 
 CASES = [
     dict(hka=0.0, mpta=87.0, jlca=0.0),

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from models import heatmap_codec as hc
-from models.crops import apply_affine, compose, crop_matrix, invert_affine, letterbox_matrix, warp
+from legalign.models import heatmap_codec as hc
+from legalign.models.crops import (
+    apply_affine,
+    compose,
+    crop_matrix,
+    invert_affine,
+    letterbox_matrix,
+    warp,
+)
 
 
 def test_encode_decode_roundtrip_subpixel():

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from models.heatmap_net import available_architectures, build_model, register_architecture
+from legalign.models.heatmap_net import available_architectures, build_model, register_architecture
 
 
 @pytest.mark.parametrize("stride", [2, 4])

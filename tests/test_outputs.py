@@ -15,19 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
-
-from pipeline.api import FilmInfo, load_config, result_from_legs
-from pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
+from legalign.pipeline.landmarks import LANDMARK_NAMES
 
 
 @pytest.fixture(scope="module")
 def synth_dicom(tmp_path_factory):
     """A small synthetic bilateral film written as DICOM; (path, film, header, pixels)."""
     import pydicom
-
-    from pipeline.read import read_radiograph
-    from training.synth.dicom_archive import DicomOptions, write_film_dicom
-    from training.synth.film import generate_film
+    from legalign.pipeline.read import read_radiograph
+    from legalign.training.synth.dicom_archive import DicomOptions, write_film_dicom
+    from legalign.training.synth.film import generate_film
 
     film = generate_film(
         11,
@@ -64,8 +62,7 @@ def _dciodvfy_errors(path: Path) -> list[str] | None:
 # ----------------------------------------------------------------- table
 def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
     import pandas as pd
-
-    from pipeline.outputs.table import COLUMN_NAMES, write_tables
+    from legalign.pipeline.outputs.table import COLUMN_NAMES, write_tables
 
     _, film, _, rad = synth_dicom
     ok = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()
@@ -104,8 +101,7 @@ def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
 
 def test_table_types_survive_all_null_columns(tmp_path):
     import pyarrow.parquet as pq
-
-    from pipeline.outputs.table import arrow_schema, write_tables
+    from legalign.pipeline.outputs.table import arrow_schema, write_tables
 
     write_tables(
         [{"file": "a", "status": "failed", "error_reason": "unreadable", "legs": []}], tmp_path
@@ -119,7 +115,7 @@ def test_table_types_survive_all_null_columns(tmp_path):
     ["../../etc/passwd", "/abs/dir/..", "a/b/.hidden", "we ird\\name:?.dcm", "", "/"],
 )
 def test_output_stem_is_a_safe_file_name(path):
-    from pipeline.outputs.image_json import output_stem
+    from legalign.pipeline.outputs.image_json import output_stem
 
     stem = output_stem(path)
     assert "/" not in stem and "\\" not in stem and not stem.startswith(".")
@@ -127,14 +123,14 @@ def test_output_stem_is_a_safe_file_name(path):
 
 
 def test_output_stem_distinguishes_same_names_in_different_folders():
-    from pipeline.outputs.image_json import output_stem
+    from legalign.pipeline.outputs.image_json import output_stem
 
     assert output_stem("/a/x.dcm") != output_stem("/b/x.dcm")
     assert output_stem("/a/x.dcm") == output_stem("/a/./x.dcm")
 
 
 def test_safe_join_refuses_escape(tmp_path):
-    from pipeline.outputs.image_json import safe_join
+    from legalign.pipeline.outputs.image_json import safe_join
 
     assert safe_join(tmp_path, "images", "a.json") == (tmp_path / "images" / "a.json").resolve()
     for bad in ("..", "../x", "a/b", ""):
@@ -143,7 +139,7 @@ def test_safe_join_refuses_escape(tmp_path):
 
 
 def test_image_json_atomic_and_nan_free(tmp_path, synth_dicom):
-    from pipeline.outputs.image_json import write_image_json
+    from legalign.pipeline.outputs.image_json import write_image_json
 
     _, film, _, rad = synth_dicom
     d = _result(rad, film).to_dict()
@@ -157,7 +153,12 @@ def test_image_json_atomic_and_nan_free(tmp_path, synth_dicom):
 
 # ----------------------------------------------------------------- overlay
 def test_overlay_draws_landmarks_axes_wedge_and_panel(synth_dicom):
-    from pipeline.outputs.overlay import PANEL_WIDTH, panel_lines, render_overlay, thumbnail
+    from legalign.pipeline.outputs.overlay import (
+        PANEL_WIDTH,
+        panel_lines,
+        render_overlay,
+        thumbnail,
+    )
 
     _, film, _, rad = synth_dicom
     d = _result(rad, film, low=("left", "femoral_condyle_medial", 0.2)).to_dict()
@@ -190,9 +191,8 @@ def test_overlay_draws_landmarks_axes_wedge_and_panel(synth_dicom):
 
 # ----------------------------------------------------------------- DICOM SR / SC
 def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
+    from legalign.pipeline.outputs.dicom_sr import build_sr
     from pydicom.uid import ComprehensiveSRStorage  # noqa: F401  (name check only)
-
-    from pipeline.outputs.dicom_sr import build_sr
 
     _, film, header, rad = synth_dicom
     d = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()
@@ -230,8 +230,8 @@ def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
 
 
 def test_sc_of_overlay_in_source_study(tmp_path, synth_dicom):
-    from pipeline.outputs.dicom_sc import build_sc
-    from pipeline.outputs.overlay import render_overlay, thumbnail
+    from legalign.pipeline.outputs.dicom_sc import build_sc
+    from legalign.pipeline.outputs.overlay import render_overlay, thumbnail
 
     _, film, header, rad = synth_dicom
     d = _result(rad, film).to_dict()
@@ -252,7 +252,7 @@ def test_sc_of_overlay_in_source_study(tmp_path, synth_dicom):
 
 # ----------------------------------------------------------------- summary
 def test_summary_counts_and_reasons():
-    from pipeline.outputs.summary import RunSummary
+    from legalign.pipeline.outputs.summary import RunSummary
 
     s = RunSummary()
     s.add_result({"status": "ok", "legs": [{"status": "ok"}, {"status": "partial"}]})

@@ -5,13 +5,12 @@ import math
 import numpy as np
 import pytest
 from leg_builder import build_leg
-
-from pipeline.config_schema import deep_merge, from_mapping, read_yaml
-from pipeline.errors import PlanningError
-from pipeline.geometry_config import CONFIG_FILE, GeometryConfig, load_geometry_config
-from pipeline.landmarks import LegLandmarks
-from pipeline.measure import measure_leg
-from pipeline.plan import plan_leg
+from legalign.pipeline.config_schema import deep_merge, from_mapping, read_yaml
+from legalign.pipeline.errors import PlanningError
+from legalign.pipeline.geometry_config import CONFIG_FILE, GeometryConfig, load_geometry_config
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.measure import measure_leg
+from legalign.pipeline.plan import plan_leg
 
 CFG = load_geometry_config()
 
@@ -213,7 +212,7 @@ def test_configured_target_is_used():
 
 
 def test_solver_skips_brackets_where_the_objective_is_undefined():
-    from pipeline.plan import solve_rotation
+    from legalign.pipeline.plan import solve_rotation
 
     # Roots at +/-0.1 deg, but the objective is undefined strictly inside (0, 0.25), so
     # the bracket [0, 0.25] cannot be refined; the root at -0.1 must still be found.

@@ -35,10 +35,9 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='ray not installed: pip inst
 def _leg_finding_checkpoint(path: Path, fine_iterations: int) -> Path:
     """A tiny random locator that finds legs (scaled output layers)."""
     import torch
-
-    from models.checkpoint import build_nets, make_checkpoint, save_checkpoint
-    from models.spec import LocatorSpec
-    from pipeline.engine.testing import tiny_spec_dict
+    from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
+    from legalign.models.spec import LocatorSpec
+    from legalign.pipeline.engine.testing import tiny_spec_dict
 
     spec_dict = tiny_spec_dict()
     spec_dict["fine_iterations"] = fine_iterations
@@ -54,8 +53,8 @@ def _leg_finding_checkpoint(path: Path, fine_iterations: int) -> Path:
 
 
 def _write_film(path: Path, seed: int, index: int) -> None:
-    from training.synth.dicom_archive import DicomOptions, write_film_dicom
-    from training.synth.film import generate_film
+    from legalign.training.synth.dicom_archive import DicomOptions, write_film_dicom
+    from legalign.training.synth.film import generate_film
 
     film = generate_film(seed, size="small")
     write_film_dicom(path, film, DicomOptions(), index=index, seed=seed)
@@ -85,7 +84,7 @@ def local_ray():
 
 
 def _cli(*args) -> int:
-    from pipeline.cli import main
+    from legalign.pipeline.cli import main
 
     return main(["run", *map(str, args), "--no-progress", "--no-dicom"])
 
@@ -120,8 +119,7 @@ def test_ray_engine_resumes_and_matches_local_engine(tmp_path, job, local_ray, f
     result is the local engine's, row for row, JSON for JSON, file for file.  (Two fine
     passes add a crop stage and an actor stage: slow, so not in CI.)"""
     import pandas.testing as pdt
-
-    from pipeline.engine.journal import Journal, file_key
+    from legalign.pipeline.engine.journal import Journal, file_key
 
     root, films, ckpts = job
     ckpt = ckpts[fine_iterations]
@@ -188,10 +186,10 @@ def _batch(rows: list[dict]) -> dict:
 def test_actor_failures_become_rows_not_dropped_batches(tmp_path, job):
     """A network failure fails its batch's films (rows with a reason); a film whose
     decode fails fails alone; finished rows pass through untouched."""
-    from pipeline.api import FilmInfo
-    from pipeline.engine.local import EngineOptions
-    from pipeline.engine.ray_engine import _CoarseActor
-    from pipeline.read import read_radiograph
+    from legalign.pipeline.api import FilmInfo
+    from legalign.pipeline.engine.local import EngineOptions
+    from legalign.pipeline.engine.ray_engine import _CoarseActor
+    from legalign.pipeline.read import read_radiograph
 
     root, films, ckpts = job
     ckpt = ckpts[1]
@@ -233,9 +231,9 @@ class _FakeRay:
 
 
 def test_layout_never_starves_read_tasks_and_shares_gpus():
-    from pipeline.engine.local import EngineOptions
-    from pipeline.engine.ray_engine import RayOptions, _layout
-    from pipeline.errors import LegalignError
+    from legalign.pipeline.engine.local import EngineOptions
+    from legalign.pipeline.engine.ray_engine import RayOptions, _layout
+    from legalign.pipeline.errors import LegalignError
 
     cpu = EngineOptions(out_dir=Path("."))
     for cpus, stages in ((2, 2), (4, 3), (16, 2), (64, 3)):

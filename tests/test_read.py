@@ -15,19 +15,16 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-
-from pipeline.errors import InputError
-from pipeline.read import check_input, probe, read_radiograph
-from pipeline.read.spacing import (
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.read import check_input, probe, read_radiograph
+from legalign.pipeline.read.spacing import (
     SOURCE_IMAGER,
     SOURCE_IMAGER_MAG,
     SOURCE_PIXEL,
     SOURCE_USER,
     resolve_spacing,
 )
-from training.synth.dicom_archive import (
+from legalign.training.synth.dicom_archive import (
     BITS_STORED,
     TRANSFER_SYNTAXES,
     DicomOptions,
@@ -35,6 +32,8 @@ from training.synth.dicom_archive import (
     stored_pixel_array,
     write_film_dicom,
 )
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 
 @dataclass
@@ -241,7 +240,7 @@ def test_window_missing_the_data_falls_back_to_min_max(tmp_path, caplog):
     path = _make_dicom(
         tmp_path / "badwin.dcm", stored, bits_stored=12, WindowCenter="3500", WindowWidth="100"
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.read"):
+    with caplog.at_level(logging.WARNING, logger="legalign.pipeline.read"):
         rg = read_radiograph(path)
     np.testing.assert_allclose(rg.pixels, (stored - 100.0) / 800.0, atol=2e-6)
     assert "badwin.dcm" in caplog.text and "uniform" in caplog.text
@@ -255,7 +254,7 @@ def test_bits_stored_smaller_than_codestream_is_normalised_by_range(tmp_path, ca
     ds = pydicom.dcmread(path)
     ds.BitsStored, ds.HighBit = 12, 11  # header says 12 bits, codestream holds 16
     ds.save_as(path)
-    with caplog.at_level(logging.WARNING, logger="pipeline.read"):
+    with caplog.at_level(logging.WARNING, logger="legalign.pipeline.read"):
         rg = read_radiograph(path)
     np.testing.assert_allclose(rg.pixels, film.image / 65535.0, atol=2e-6)
     assert "exceed Bits Stored 12" in caplog.text
@@ -305,7 +304,7 @@ def test_mirrored_and_laterality(tmp_path, tags, mirrored, laterality):
 
 
 def test_writer_orientation_and_single_leg_laterality(tmp_path):
-    from pipeline.landmarks import LegLandmarks
+    from legalign.pipeline.landmarks import LegLandmarks
 
     leg = LegLandmarks(side="left", points={"knee_centre": (3.0, 4.0)})
     film = _film(legs=[leg], mirrored=False)
@@ -585,9 +584,8 @@ def test_huge_image_refused_from_header_before_decoding(tmp_path):
 
 
 def test_pillow_bomb_guard_kept_on(tmp_path):
+    from legalign.pipeline.read.raster import PILLOW_MAX_IMAGE_PIXELS
     from PIL import Image
-
-    from pipeline.read.raster import PILLOW_MAX_IMAGE_PIXELS
 
     png = _png_with_size(tmp_path / "bomb.png", 30000, 30000)  # 900 M pixels
     _assert_input_error(png, "decompression-bomb", max_pixels=10**12)

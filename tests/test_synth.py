@@ -8,11 +8,10 @@ import time
 import cv2
 import numpy as np
 import pytest
-
-from pipeline.errors import InputError
-from pipeline.landmarks import LANDMARK_NAMES
-from pipeline.measure import measure_leg
-from training.synth import SyntheticFilm, generate_film, resolve_alignment
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.measure import measure_leg
+from legalign.training.synth import SyntheticFilm, generate_film, resolve_alignment
 
 ANGLES = ("hka_deg", "mpta_deg", "mldfa_deg", "jlca_deg")
 

@@ -7,11 +7,10 @@ import json
 import cv2
 import numpy as np
 import pytest
-
-from pipeline.cli import main
-from pipeline.landmarks import LANDMARK_NAMES
-from pipeline.measure import measure_leg
-from training.datasets.coco import CocoKeypointDataset
+from legalign.pipeline.cli import main
+from legalign.pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.measure import measure_leg
+from legalign.training.datasets.coco import CocoKeypointDataset
 
 
 def _run(*argv: str) -> int:

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from pipeline.config_schema import ConfigError
-from training import train as train_mod
-from training.augment import build_augmentation
-from training.datasets import SyntheticDataset
-from training.samples import film_from_annotated
-from training.train import Sampler, load_train_config
+from legalign.pipeline.config_schema import ConfigError
+from legalign.training import train as train_mod
+from legalign.training.augment import build_augmentation
+from legalign.training.datasets import SyntheticDataset
+from legalign.training.samples import film_from_annotated
+from legalign.training.train import Sampler, load_train_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 ONLY_FLIP = {

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline.config_schema import ConfigError
-from training.train import load_films, load_train_config
+from legalign.pipeline.config_schema import ConfigError
+from legalign.training.train import load_films, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

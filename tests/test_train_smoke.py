@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from pipeline.config_schema import ConfigError
-from pipeline.locate import Locator
-from training import train as train_mod
-from training.train import load_train_config, train
+from legalign.pipeline.config_schema import ConfigError
+from legalign.pipeline.locate import Locator
+from legalign.training import train as train_mod
+from legalign.training.train import load_train_config, train
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 
@@ -38,7 +37,7 @@ def test_smoke_training_loss_falls(tmp_path):
     assert ck["config"]["seed"] == cfg.seed and "train_state" not in ck
     loc = Locator.from_checkpoint(tmp_path / "final.pt")
     film = np.random.default_rng(0).random((300, 120), dtype=np.float32)
-    from pipeline.radiograph import Radiograph
+    from legalign.pipeline.radiograph import Radiograph
 
     assert isinstance(loc.locate(Radiograph(path="r", pixels=film)), list)
 

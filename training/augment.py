@@ -37,10 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.config_schema import CONFIG_DIR, ConfigError, deep_merge, from_mapping, read_yaml
-from pipeline.landmarks import LegLandmarks
-from training.datasets.base import AnnotatedFilm
+from legalign.pipeline.config_schema import (
+    CONFIG_DIR,
+    ConfigError,
+    deep_merge,
+    from_mapping,
+    read_yaml,
+)
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.training.datasets.base import AnnotatedFilm
 
 DEFAULT_CONFIG = CONFIG_DIR / "augmentation_default.yaml"
 

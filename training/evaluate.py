@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 
 SUCCESS_THRESHOLDS_MM: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
 MEASURES: tuple[str, ...] = ("hka_deg", "mpta_deg", "mldfa_deg", "wbl_ratio_pct")
@@ -122,7 +121,7 @@ def radial_errors(truth: LegLandmarks, pred: LegLandmarks) -> dict[str, float]:
 
 
 def _measures(leg: LegLandmarks, spacing_mm: float | None, cfg: Any) -> dict[str, float | None]:
-    from pipeline.measure import measure_leg
+    from legalign.pipeline.measure import measure_leg
 
     m = measure_leg(leg, spacing_mm, cfg)
     return {k: getattr(m, k, None) for k in (*MEASURES, *EXTRA_MEASURES)}
@@ -143,7 +142,7 @@ def evaluate_leg(
     """Compare one leg.  A landmark's radial error above ``fail_mm`` (when the spacing
     is known) or ``fail_px`` (when not) makes the leg a failure, as does no prediction,
     a predicted side that differs from the truth, or a landmark the prediction lacks."""
-    from pipeline.errors import LegalignError
+    from legalign.pipeline.errors import LegalignError
 
     measure = measure or _measures
     ev = LegEvaluation(source, truth.side, spacing_mm, spacing_assumed)
@@ -490,7 +489,7 @@ def evaluate_films(
 
     A ``LegalignError`` from the predictor is recorded as a failure of that film (every
     leg then counts as not predicted); other exceptions propagate."""
-    from pipeline.errors import LegalignError
+    from legalign.pipeline.errors import LegalignError
 
     legs: list[LegEvaluation] = []
     failures: list[Failure] = []
@@ -550,10 +549,9 @@ def evaluate_locator(
     ``out_dir`` when given; returns the report (with ``"outputs"`` naming the files
     written)."""
     import torch
-
-    from pipeline.geometry_config import load_geometry_config
-    from pipeline.locate import Locator
-    from training.datasets import load_dataset
+    from legalign.pipeline.geometry_config import load_geometry_config
+    from legalign.pipeline.locate import Locator
+    from legalign.training.datasets import load_dataset
 
     geometry_cfg = load_geometry_config(geometry_config)
     ds = load_dataset(dataset, **(dataset_options or {}))

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import LegalignError
+from legalign.pipeline.errors import LegalignError
 
 FORMATS = ("torchscript", "onnx")
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -72,7 +71,7 @@ def film_like_inputs(shape: tuple[int, int], n: int = 2, seed: int = 0) -> np.nd
 def decode_landmarks(heatmaps: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, K, h, w) heatmaps -> (N, K, 2) input-pixel coordinates and (N, K) peak values
     (``models.heatmap_codec.decode`` then ``from_heatmap``)."""
-    from models import heatmap_codec as hc
+    from legalign.models import heatmap_codec as hc
 
     xy, conf = hc.decode(np.asarray(heatmaps, dtype=np.float32))
     return hc.from_heatmap(xy, stride), conf
@@ -241,8 +240,8 @@ def _torchscript_module(path: str | Path):
 def exported_locator(export_dir: str | Path, fmt: str = "onnx"):
     """A ``pipeline.locate.Locator`` running the networks exported to ``export_dir``
     (``fmt`` "onnx" or "torchscript"), with the spec from ``locator_spec.json``."""
-    from models.spec import LocatorSpec
-    from pipeline.locate import Locator
+    from legalign.models.spec import LocatorSpec
+    from legalign.pipeline.locate import Locator
 
     d = Path(export_dir)
     meta = json.loads((d / "locator_spec.json").read_text())
@@ -373,9 +372,9 @@ def export_locator(
     With ``check_films`` (``Radiograph`` objects), the whole coarse-to-fine locator is
     also run with the exported networks and with PyTorch on those films, and their final
     landmarks must agree within ``tolerance_px``."""
-    from models.checkpoint import DEFAULT_WEIGHTS, load_checkpoint, nets_from_checkpoint
-    from pipeline import __version__
-    from pipeline.landmarks import LANDMARK_NAMES
+    from legalign.models.checkpoint import DEFAULT_WEIGHTS, load_checkpoint, nets_from_checkpoint
+    from legalign.pipeline import __version__
+    from legalign.pipeline.landmarks import LANDMARK_NAMES
 
     ckpt = load_checkpoint(checkpoint)
     spec, coarse, fine = nets_from_checkpoint(ckpt)
@@ -404,7 +403,7 @@ def export_locator(
     report["checkpoint"] = str(src)
     failures = []
     if check_films:
-        from pipeline.locate import Locator
+        from legalign.pipeline.locate import Locator
 
         reference = Locator(spec, coarse, fine, device="cpu")
         report["locator_check"] = {}

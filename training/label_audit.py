@@ -12,7 +12,7 @@ the femoral head outline.  This audit reports, per annotation file:
   lower bound of the label noise (it ignores which arc the rule chose and any bias of
   the drawing), in pixels.
 
-    python -m training.label_audit ../shared/data/oai-sample/annotations/*.json
+    python -m legalign.training.label_audit ../shared/data/oai-sample/annotations/*.json
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,9 @@ def audit(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.label_audit", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m legalign.training.label_audit", description=__doc__
+    )
     ap.add_argument("annotations", nargs="+", type=Path, help="COCO keypoints files")
     args = ap.parse_args(argv)
     try:

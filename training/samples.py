@@ -19,11 +19,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from models import heatmap_codec as hc
-from models.crops import apply_affine, compose, crop_matrix, letterbox_matrix, warp
-from models.spec import CropSpec, LocatorSpec
-from pipeline.landmarks import LegLandmarks
+from legalign.models import heatmap_codec as hc
+from legalign.models.crops import apply_affine, compose, crop_matrix, letterbox_matrix, warp
+from legalign.models.spec import CropSpec, LocatorSpec
+from legalign.pipeline.landmarks import LegLandmarks
 
 
 @dataclass
@@ -43,7 +42,7 @@ class SampleAug:
     blur_sigma: float  # max blur sigma (output pixels)
 
     def validate(self) -> None:
-        from pipeline.config_schema import ConfigError
+        from legalign.pipeline.config_schema import ConfigError
 
         for name in ("flip_p", "blur_p"):
             v = getattr(self, name)

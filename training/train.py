@@ -27,10 +27,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-
-from models.spec import LocatorSpec
-from pipeline.config_schema import REPO_ROOT, ConfigError, deep_merge, from_mapping, read_yaml
-from training.samples import SampleAug, TrainFilm, coarse_sample, film_from_annotated, fine_sample
+from legalign.models.spec import LocatorSpec
+from legalign.pipeline.config_schema import (
+    REPO_ROOT,
+    ConfigError,
+    deep_merge,
+    from_mapping,
+    read_yaml,
+)
+from legalign.training.samples import (
+    SampleAug,
+    TrainFilm,
+    coarse_sample,
+    film_from_annotated,
+    fine_sample,
+)
 
 STAGES = ("coarse", "fine")
 
@@ -120,7 +131,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.augmentation is not None:
-            from training.augment import augmentation_config
+            from legalign.training.augment import augmentation_config
 
             augmentation_config(self.augmentation)  # raises ConfigError naming the key
         for s in self.stages:
@@ -179,7 +190,7 @@ def _resolve_spec(spec: str) -> str:
 
 def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainFilm], float]]:
     """Load every dataset into memory: [(films, weight)]."""
-    from training.datasets import SubsetFilms, load_dataset, split_indices
+    from legalign.training.datasets import SubsetFilms, load_dataset, split_indices
 
     out = []
     for e in entries:
@@ -237,7 +248,7 @@ class Sampler:
         raise RuntimeError("could not draw a usable training sample in 100 tries")
 
     def _augmented(self, film: TrainFilm, rng: np.random.Generator) -> TrainFilm:
-        from training.datasets import AnnotatedFilm
+        from legalign.training.datasets import AnnotatedFilm
 
         out = self.film_augment(
             AnnotatedFilm(
@@ -345,8 +356,12 @@ def train(
     """Run the configured stages; returns {"stages": {name: [losses...]}, "eval": {...}}."""
     import torch
     import torch.distributed as dist
-
-    from models.checkpoint import build_nets, load_checkpoint, make_checkpoint, save_checkpoint
+    from legalign.models.checkpoint import (
+        build_nets,
+        load_checkpoint,
+        make_checkpoint,
+        save_checkpoint,
+    )
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
@@ -380,7 +395,7 @@ def train(
     data = load_films(cfg.train_data, log=log if is_main else (lambda *_: None))
     film_augment = None
     if cfg.augmentation is not None:
-        from training.augment import build_augmentation
+        from legalign.training.augment import build_augmentation
 
         film_augment = build_augmentation(cfg.augmentation)
     metrics_path = out / "metrics.jsonl"
@@ -503,7 +518,7 @@ def train(
             log(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
             result["export"] = str(dest)
         if cfg.val_data:
-            from pipeline.locate import Locator
+            from legalign.pipeline.locate import Locator
 
             loc = Locator(spec, nets["coarse"].cpu(), nets["fine"].cpu(), device="cpu")
             evals = {}
@@ -549,9 +564,9 @@ def _match_legs(pred, gt):
 
 def evaluate_films(locator, films: list[TrainFilm], batch: int = 8) -> dict[str, Any]:
     """Landmark errors (px, and mm where the film has a spacing), HKA errors, side accuracy."""
-    from pipeline.landmarks import LANDMARK_NAMES
-    from pipeline.measure import measure_leg
-    from pipeline.radiograph import Radiograph
+    from legalign.pipeline.landmarks import LANDMARK_NAMES
+    from legalign.pipeline.measure import measure_leg
+    from legalign.pipeline.radiograph import Radiograph
 
     err_px: dict[str, list[float]] = {n: [] for n in LANDMARK_NAMES}
     err_mm: dict[str, list[float]] = {n: [] for n in LANDMARK_NAMES}

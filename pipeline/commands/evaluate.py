@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.errors import InputError
-    from training.evaluate import evaluate_locator, format_report
+    from legalign.pipeline.errors import InputError
+    from legalign.training.evaluate import evaluate_locator, format_report
 
     if args.spacing is not None and not args.spacing > 0:
         raise InputError(f"--spacing must be positive, got {args.spacing}")

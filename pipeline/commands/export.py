@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.errors import InputError
-    from training.export import export_locator
+    from legalign.pipeline.errors import InputError
+    from legalign.training.export import export_locator
 
     checkpoint = None if args.checkpoint == "default" else args.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
     films = []
     if args.check_dataset is not None:
-        from training.datasets import load_dataset
+        from legalign.training.datasets import load_dataset
 
         if args.check_films < 1:
             raise InputError(f"--check-films must be at least 1, got {args.check_films}")

@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.geometry_config import load_geometry_config
-    from pipeline.landmark_file import read_landmark_file, validated_spacing
-    from pipeline.report import film_report
+    from legalign.pipeline.geometry_config import load_geometry_config
+    from legalign.pipeline.landmark_file import read_landmark_file, validated_spacing
+    from legalign.pipeline.report import film_report
 
     cfg = load_geometry_config(args.config)
     doc = read_landmark_file(args.landmarks)

@@ -139,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from pipeline.engine.inputs import check_inputs
-    from pipeline.engine.local import EngineOptions, run_local
-    from pipeline.errors import LegalignError
+    from legalign.pipeline.engine.inputs import check_inputs
+    from legalign.pipeline.engine.local import EngineOptions, run_local
+    from legalign.pipeline.errors import LegalignError
 
     problems = check_inputs(args.inputs)
     if problems:
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
         raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")
     if args.engine == "ray":
-        from pipeline.engine.ray_engine import RayOptions, run_ray
+        from legalign.pipeline.engine.ray_engine import RayOptions, run_ray
 
         ropts = RayOptions(
             address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 NAME = "synth"
 HELP = "Write synthetic full-leg radiographs with exact landmarks (COCO keypoints)."
@@ -67,10 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     import cv2
     import numpy as np
+    from legalign.training.synth import generate_film
+    from legalign.training.synth.coco import add_film, new_coco
     from tqdm import tqdm
-
-    from training.synth import generate_film
-    from training.synth.coco import add_film, new_coco
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     dicom = None
     if args.fmt in ("dicom", "both"):
         try:
-            from training.synth import dicom_archive as dicom
+            from legalign.training.synth import dicom_archive as dicom
         except ImportError as exc:  # pragma: no cover - depends on the checkout
             raise InputError(f"DICOM output unavailable: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
@@ -132,13 +131,13 @@ def run(args: argparse.Namespace) -> int:
             names.append(dcm.name)
         add_film(coco, film, names[0], **extra)
         if sheet is not None and len(thumbs) < 16:
-            from training.synth.contact_sheet import thumbnail
+            from legalign.training.synth.contact_sheet import thumbnail
 
             thumbs.append(thumbnail(film))
     ann = out / "annotations.json"
     ann.write_text(json.dumps(coco, indent=1), encoding="utf-8")
     if sheet is not None:
-        from training.synth.contact_sheet import assemble
+        from legalign.training.synth.contact_sheet import assemble
 
         sheet.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(sheet), assemble(thumbs)):

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from training.train import load_train_config, train
+    from legalign.training.train import load_train_config, train
 
     cfg = load_train_config(args.config)
     if args.device:

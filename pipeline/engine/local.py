@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.engine.inputs import expand_inputs
-from pipeline.engine.journal import Journal, file_key
+from legalign.pipeline.engine.inputs import expand_inputs
+from legalign.pipeline.engine.journal import Journal, file_key
 
 # Exit codes of `legalign run` (docs/results-schema.md)
 EXIT_OK = 0  # every file succeeded (status ok or partial)
@@ -127,7 +127,7 @@ class _InitFailed(Exception):
 
 def _init_worker_inner(opts: EngineOptions, mode: str) -> None:
     limit_threads(1)
-    from pipeline.api import load_config
+    from legalign.pipeline.api import load_config
 
     WORKER["opts"] = opts
     WORKER["mode"] = mode
@@ -136,20 +136,20 @@ def _init_worker_inner(opts: EngineOptions, mode: str) -> None:
         import torch
 
         torch.set_num_threads(1)
-        from pipeline.api import load_locator
+        from legalign.pipeline.api import load_locator
 
         WORKER["locator"] = load_locator(opts.model, device="cpu")
     else:
-        from models.checkpoint import load_checkpoint
-        from models.spec import LocatorSpec
+        from legalign.models.checkpoint import load_checkpoint
+        from legalign.models.spec import LocatorSpec
 
         WORKER["spec"] = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])
 
 
 def read_input(path: str) -> Any:
     """Read one input file with this worker's options (spacing override, size limit)."""
-    from pipeline.errors import InputError
-    from pipeline.read import read_radiograph
+    from legalign.pipeline.errors import InputError
+    from legalign.pipeline.read import read_radiograph
 
     opts: EngineOptions = WORKER["opts"]
     rad = read_radiograph(path, spacing_override_mm=opts.spacing_mm, max_pixels=opts.max_pixels)
@@ -171,15 +171,15 @@ def header_only(rad: Any) -> Any:
 
 def failure_dict(path: str, exc: BaseException | str, reason: str | None = None) -> dict[str, Any]:
     """The result row of a file that failed."""
-    from pipeline.api import failed_result
+    from legalign.pipeline.api import failed_result
 
     return failed_result(path, exc, reason).to_dict()
 
 
 def task_full(path: str) -> dict[str, Any]:
     """Mode "worker": everything for one file; returns its result dict (outputs written)."""
-    from pipeline.api import FilmInfo, result_from_legs
-    from pipeline.outputs.overlay import thumbnail
+    from legalign.pipeline.api import FilmInfo, result_from_legs
+    from legalign.pipeline.outputs.overlay import thumbnail
 
     if _init_failed():
         return _init_failed()  # type: ignore[return-value]
@@ -236,9 +236,8 @@ class Prepared:
 def task_prepare(path: str) -> Prepared | dict[str, Any]:
     """Mode "main": read, normalise, coarse input, thumbnail; the film goes to shared memory."""
     import numpy as np
-
-    from pipeline.api import FilmInfo
-    from pipeline.outputs.overlay import thumbnail
+    from legalign.pipeline.api import FilmInfo
+    from legalign.pipeline.outputs.overlay import thumbnail
 
     if _init_failed():
         return _init_failed()  # type: ignore[return-value]
@@ -274,7 +273,7 @@ def task_prepare(path: str) -> Prepared | dict[str, Any]:
 
 def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict[str, Any]:
     """Mode "main": measure, plan and write the outputs of one located film."""
-    from pipeline.api import result_from_legs
+    from legalign.pipeline.api import result_from_legs
 
     if _init_failed():
         return _init_failed()  # type: ignore[return-value]
@@ -296,7 +295,7 @@ def finish_outputs(
     d: dict[str, Any], header: Any, thumb: Any, opts: EngineOptions
 ) -> dict[str, Any]:
     """Write overlay, SR, SC (each failure recorded, not fatal), then the JSON last."""
-    from pipeline.outputs.image_json import (
+    from legalign.pipeline.outputs.image_json import (
         atomic_write_bytes,
         output_stem,
         safe_join,
@@ -311,7 +310,7 @@ def finish_outputs(
     rgb = None
     if opts.overlay and thumb is not None:
         try:
-            from pipeline.outputs.overlay import encode_png, render_overlay
+            from legalign.pipeline.outputs.overlay import encode_png, render_overlay
 
             rgb = render_overlay(d, thumb)
             target = safe_join(out, "overlays", f"{stem}.png")
@@ -320,8 +319,8 @@ def finish_outputs(
         except Exception as exc:  # noqa: BLE001
             errors["overlay"] = one_line(exc)
     if opts.dicom_outputs and header is not None and d.get("status") != "failed":
-        from pipeline.outputs.dicom_sc import build_sc
-        from pipeline.outputs.dicom_sr import build_sr
+        from legalign.pipeline.outputs.dicom_sc import build_sc
+        from legalign.pipeline.outputs.dicom_sr import build_sr
 
         # deterministic UIDs per (source SOP instance, kind): a re-run replaces, not adds
         src_uid = str(getattr(header, "SOPInstanceUID", d["file"]))
@@ -356,7 +355,7 @@ def _uid(src_uid: str, kind: str) -> str:
 def _save_dataset(ds: Any, target: Path) -> None:
     import io
 
-    from pipeline.outputs.image_json import atomic_write_bytes
+    from legalign.pipeline.outputs.image_json import atomic_write_bytes
 
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -433,7 +432,7 @@ class SpecOnly:
     ``self.spec``."""
 
     def __init__(self, spec: Any) -> None:
-        from pipeline.locate import Locator
+        from legalign.pipeline.locate import Locator
 
         self.spec = spec
         self._cls = Locator
@@ -455,7 +454,7 @@ class _Item:
 
 class LocalEngine:
     def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
-        from pipeline.outputs.summary import RunSummary
+        from legalign.pipeline.outputs.summary import RunSummary
 
         self.inputs = list(inputs)
         self.opts = opts
@@ -497,7 +496,7 @@ class LocalEngine:
 
     # ------------------------------------------------------------ run
     def run(self) -> int:
-        from pipeline.api import load_config
+        from legalign.pipeline.api import load_config
 
         opts = self.opts
         load_config(opts.config)  # a bad config is a usage error before any work
@@ -505,14 +504,13 @@ class LocalEngine:
         done = self.journal.done_keys(include_failed=not opts.retry_failed)
         if self.mode == "main":
             import torch
-
-            from pipeline.api import load_locator
+            from legalign.pipeline.api import load_locator
 
             if opts.torch_threads:
                 torch.set_num_threads(opts.torch_threads)
             self.locator = load_locator(opts.model, device=opts.device)
         else:
-            from models.checkpoint import load_checkpoint, nets_from_checkpoint
+            from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
 
             # a missing or unusable checkpoint is a usage error, up front
             nets_from_checkpoint(load_checkpoint(opts.model))
@@ -607,7 +605,7 @@ class LocalEngine:
         self.summary.processed_this_run = self.processed
         self._write_results()
         if fatal is not None:
-            from pipeline.errors import LegalignError
+            from legalign.pipeline.errors import LegalignError
 
             raise LegalignError(f"worker processes cannot start: {fatal}")
         if interrupted:
@@ -732,7 +730,7 @@ class LocalEngine:
     # ------------------------------------------------------------ results
     def _record(self, d: dict[str, Any]) -> None:
         """Journal one finished file (durable), then count it."""
-        from pipeline.outputs.image_json import dumps
+        from legalign.pipeline.outputs.image_json import dumps
 
         self.journal.append(d, dumps(d, indent=None))
         self.processed += 1
@@ -748,8 +746,8 @@ class LocalEngine:
     def _write_results(self) -> None:
         import json
 
-        from pipeline.outputs.image_json import atomic_write_bytes
-        from pipeline.outputs.table import write_tables
+        from legalign.pipeline.outputs.image_json import atomic_write_bytes
+        from legalign.pipeline.outputs.table import write_tables
 
         stats = self.summary
 
@@ -817,7 +815,7 @@ def _strip(p: Prepared) -> Prepared:
 
 
 def _radiograph_view(p: Prepared, pixels: Any) -> Any:
-    from pipeline.radiograph import Radiograph
+    from legalign.pipeline.radiograph import Radiograph
 
     i = p.info
     return Radiograph(

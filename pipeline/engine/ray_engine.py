@@ -43,16 +43,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.engine import local
-from pipeline.engine.journal import file_key
-from pipeline.engine.local import (
+from legalign.pipeline.engine import local
+from legalign.pipeline.engine.journal import file_key
+from legalign.pipeline.engine.local import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EngineOptions,
     LocalEngine,
 )
-from pipeline.errors import LegalignError
+from legalign.pipeline.errors import LegalignError
 
 INSTALL_HINT = 'the Ray engine needs Ray Data: pip install -e ".[ray]"'
 
@@ -93,7 +93,7 @@ def _ensure(opts: EngineOptions, run_id: str, spec: Any) -> None:
     instead of every CPU worker loading the whole checkpoint to read it."""
     if local.WORKER.get("ray_run") == run_id:
         return
-    from pipeline.api import load_config
+    from legalign.pipeline.api import load_config
 
     local.limit_threads(1)
     local.WORKER.update(opts=opts, mode="main", cfg=load_config(opts.config), spec=spec)
@@ -105,7 +105,7 @@ def _pack(obj: Any) -> bytes:
 
 
 def _done(path: str, d: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.outputs.image_json import dumps
+    from legalign.pipeline.outputs.image_json import dumps
 
     return {"path": path, "status": DONE, "state": b"", "record": dumps(d, indent=None)}
 
@@ -139,8 +139,8 @@ def _stage_prepare(
 ) -> dict[str, Any]:
     """CPU task: read and normalise the film, cut the coarse network input and the
     overlay thumbnail (reduced uint8)."""
-    from pipeline.api import FilmInfo
-    from pipeline.outputs.overlay import thumbnail
+    from legalign.pipeline.api import FilmInfo
+    from legalign.pipeline.outputs.overlay import thumbnail
 
     _ensure(opts, run_id, spec)
     path = str(row["path"])
@@ -225,8 +225,7 @@ class _Actor:
 
     def __init__(self, opts: EngineOptions, device: str, threads: int) -> None:
         import torch
-
-        from pipeline.api import load_locator
+        from legalign.pipeline.api import load_locator
 
         self.opts = opts
         if device == "cpu":
@@ -415,9 +414,9 @@ class RayEngine(LocalEngine):
 
     def run(self) -> int:
         ray = require_ray()
-        from models.checkpoint import load_checkpoint
-        from models.spec import LocatorSpec
-        from pipeline.api import load_config
+        from legalign.models.checkpoint import load_checkpoint
+        from legalign.models.spec import LocatorSpec
+        from legalign.pipeline.api import load_config
 
         opts = self.opts
         opts.out_dir = self.out = self.out.resolve()  # the workers write there

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import __version__
+from legalign.pipeline import __version__
 
 SCHEME = "99LEGALIGN"
 MANUFACTURER = "legalign"

@@ -13,8 +13,7 @@ import textwrap
 from typing import Any
 
 import numpy as np
-
-from pipeline.api import DISCLAIMER
+from legalign.pipeline.api import DISCLAIMER
 
 MAX_OVERLAY_HEIGHT = 2048
 PANEL_WIDTH = 460

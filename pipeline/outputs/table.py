@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.landmarks import LANDMARK_NAMES
-from pipeline.measure import REQUIRES
-from pipeline.plan import POST_KEYS
+from legalign.pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.measure import REQUIRES
+from legalign.pipeline.plan import POST_KEYS
 
 # Every numeric measurement of pipeline/measure.py, in its order; the plan's post-op keys.
 MEASUREMENT_COLUMNS: tuple[str, ...] = tuple(REQUIRES)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pipeline.errors import InputError
-from pipeline.radiograph import Radiograph
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.radiograph import Radiograph
 
 DEFAULT_MAX_PIXELS = 80_000_000
 KINDS = ("dicom", "png", "jpeg", "tiff")
@@ -40,8 +40,8 @@ def _path(path: str | os.PathLike[str]) -> str:
 
 def detect_kind(path: str | os.PathLike[str]) -> str:
     """ "dicom", "png", "jpeg" or "tiff" from the file's first bytes; ``InputError`` otherwise."""
-    from pipeline.read.dicom import has_preamble, looks_like_raw_dicom
-    from pipeline.read.raster import raster_kind
+    from legalign.pipeline.read.dicom import has_preamble, looks_like_raw_dicom
+    from legalign.pipeline.read.raster import raster_kind
 
     p = _path(path)
     if os.path.isdir(p):
@@ -77,10 +77,10 @@ def read_radiograph(
     p = _path(path)
     kind = detect_kind(p)
     if kind == "dicom":
-        from pipeline.read.dicom import read_dicom
+        from legalign.pipeline.read.dicom import read_dicom
 
         return read_dicom(p, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
-    from pipeline.read.raster import read_raster
+    from legalign.pipeline.read.raster import read_raster
 
     return read_raster(p, kind, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
 
@@ -106,8 +106,8 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
     """Fill ``info`` from the header, raising ``InputError`` at the first problem."""
     info["kind"] = kind = detect_kind(p)
     if kind == "dicom":
-        from pipeline.read.dicom import check_header, read_header
-        from pipeline.read.spacing import resolve_spacing
+        from legalign.pipeline.read.dicom import check_header, read_header
+        from legalign.pipeline.read.spacing import resolve_spacing
 
         header = read_header(p)
         ds = header.ds
@@ -127,7 +127,7 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
         check_header(header, p, max_pixels)
         info["spacing_mm"], info["spacing_source"] = resolve_spacing(ds, p)
     else:
-        from pipeline.read.raster import raster_header
+        from legalign.pipeline.read.raster import raster_header
 
         header = raster_header(p, kind)
         width, height = header["width"], header["height"]

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import InputError
-from pipeline.radiograph import Radiograph
-from pipeline.read.spacing import resolve_spacing
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.spacing import resolve_spacing
 
 log = logging.getLogger(__name__)
 

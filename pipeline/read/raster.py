@@ -22,10 +22,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
-from pipeline.errors import InputError
-from pipeline.radiograph import Radiograph
-from pipeline.read.spacing import resolve_spacing
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.spacing import resolve_spacing
 
 PILLOW_MAX_IMAGE_PIXELS = 200_000_000
 

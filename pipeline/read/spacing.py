@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 SOURCE_USER = "user"
 SOURCE_PIXEL = "PixelSpacing"

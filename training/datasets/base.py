@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import InputError, LegalignError
-from pipeline.landmarks import LANDMARK_NAMES, SIDES, LegLandmarks
-from pipeline.radiograph import Radiograph
+from legalign.pipeline.errors import InputError, LegalignError
+from legalign.pipeline.landmarks import LANDMARK_NAMES, SIDES, LegLandmarks
+from legalign.pipeline.radiograph import Radiograph
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -148,7 +147,7 @@ def load_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"{path}: image file not found")
     if _is_dicom(path):
-        from pipeline.read import read_radiograph
+        from legalign.pipeline.read import read_radiograph
 
         return np.ascontiguousarray(read_radiograph(path).pixels, dtype=np.float32)
     data = np.fromfile(str(path), dtype=np.uint8)

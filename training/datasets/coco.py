@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 from .base import (
     AnnotatedFilm,

@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import InputError
-from pipeline.landmarks import SIDES
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import SIDES
 
 from .base import (
     AnnotatedFilm,

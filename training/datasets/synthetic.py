@@ -89,7 +89,7 @@ class SyntheticDataset(FilmDataset):
         }
         gen = self._generator
         if gen is None:
-            from training.synth import generate_film as gen
+            from legalign.training.synth import generate_film as gen
         if not self.distractors:
             kwargs["distractors"] = False
         return gen(seed, **kwargs)

@@ -24,7 +24,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 from .base import (
     AnnotatedFilm,

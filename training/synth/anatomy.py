@@ -38,8 +38,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from pipeline.errors import InputError
+from legalign.pipeline.errors import InputError
 
 from .primitives import Arc, Ellipsoid, Primitive, Tube
 

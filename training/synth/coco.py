@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.landmarks import LANDMARK_NAMES
 
 SKELETON = [[1, 6], [6, 7], [2, 3], [4, 5], [9, 10], [11, 12]]
 CATEGORY = {

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-
-from pipeline.errors import InputError
-from pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 
 from .anatomy import (
     MU_CORTEX,

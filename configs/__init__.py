@@ -1,0 +1,1 @@
+"""Default YAML configuration, shipped as package data (``legalign.configs``)."""
