@@ -74,6 +74,7 @@ def model_path(arg: str | None, data: Path) -> tuple[str | None, str]:
     if DEFAULT_WEIGHTS.is_file():
         return None, f"shipped default ({DEFAULT_WEIGHTS.name})"
     import yaml
+
     from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
     from legalign.models.spec import LocatorSpec
 

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
+
     from legalign.pipeline.locate import Locator
     from legalign.training.datasets import load_dataset
     from legalign.training.samples import film_from_annotated

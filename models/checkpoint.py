@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from legalign.models.spec import LocatorSpec, NetSpec
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES
-from torch import nn
 
 FORMAT = "legalign-locator"
 FORMAT_VERSION = 1

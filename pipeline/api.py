@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError, LegalignError
 from legalign.pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
 from legalign.pipeline.measure import MM_VALUES, REQUIRES

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from legalign.pipeline.errors import LegalignError
 
 T = TypeVar("T")

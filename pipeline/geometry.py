@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LegLandmarks
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.geometry import to_canonical
 from legalign.pipeline.landmarks import SIDES, LandmarkError, LegLandmarks

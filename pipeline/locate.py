@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.radiograph import Radiograph
 

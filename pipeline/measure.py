@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from legalign.pipeline.geometry import (
     angle_between_deg,
     check_distinct,

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.optimize import brentq
+
 from legalign.pipeline.errors import PlanningError
 from legalign.pipeline.geometry import (
     from_canonical,
@@ -32,7 +34,6 @@ from legalign.pipeline.geometry_config import (
 )
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.measure import CL, CM, PL, PM, A, H, K, LegMeasurements, measure_leg
-from scipy.optimize import brentq
 
 DISCLAIMER = "Planning support only; not a clinical decision."
 POST_KEYS = ("hka_deg", "mad_mm", "wbl_ratio_pct", "mpta_deg", "mldfa_deg")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
+
 from legalign.pipeline.api import (
     FilmInfo,
     ImageResult,
@@ -152,6 +153,7 @@ def test_analyse_array_and_path(tmp_path, film):
     """analyse() runs the real locator (a tiny random checkpoint here: no accuracy is
     asserted, only the typed result and its consistency)."""
     import cv2
+
     from legalign.pipeline.engine.testing import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from legalign.pipeline.config_schema import ConfigError
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.training.augment import (

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 from legalign.training.datasets import (

@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from pydicom.pixels import pixel_array
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.training.synth.dicom_archive import (
     BITS_STORED,
@@ -27,8 +30,6 @@ from legalign.training.synth.dicom_archive import (
     stored_pixel_array,
     write_film_dicom,
 )
-from pydicom.pixels import pixel_array
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 SYNTAX_UIDS = {
     "explicit": pydicom.uid.ExplicitVRLittleEndian,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from legalign.pipeline.engine.inputs import expand_inputs
 from legalign.pipeline.engine.journal import Journal, file_key
 
@@ -62,6 +63,7 @@ def archive(tmp_path_factory):
     # rasters: 16-bit PNG, 16-bit TIFF, 8-bit JPEG
     import cv2
     import tifffile
+
     from legalign.training.synth.film import generate_film
 
     img16 = generate_film(150, size="small").image
@@ -341,6 +343,7 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
     """What the engine writes for one DICOM film with legs: JSON, overlay, SR, SC, all
     inside --out, SR/SC in the source's study with stable UIDs on a re-write."""
     import pydicom
+
     from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
     from legalign.pipeline.engine.local import EngineOptions, finish_outputs
     from legalign.pipeline.landmarks import LegLandmarks

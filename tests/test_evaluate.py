@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 from legalign.training.datasets import AnnotatedFilm

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from legalign.training.label_audit import audit, fit_circle, head_arc_fit, main
 
 

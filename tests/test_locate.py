@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from legalign.models.checkpoint import (
     DEFAULT_WEIGHTS,
     build_nets,

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from leg_builder import build_leg
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.measure import measure_film, measure_leg

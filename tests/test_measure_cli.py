@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from leg_builder import build_leg
+
 from legalign.pipeline.cli import main
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "bilateral_landmarks.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from legalign.models import heatmap_codec as hc
 from legalign.models.crops import (
     apply_affine,

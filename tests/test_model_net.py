@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from legalign.models.heatmap_net import available_architectures, build_model, register_architecture
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
+
 from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 
@@ -23,6 +24,7 @@ from legalign.pipeline.landmarks import LANDMARK_NAMES
 def synth_dicom(tmp_path_factory):
     """A small synthetic bilateral film written as DICOM; (path, film, header, pixels)."""
     import pydicom
+
     from legalign.pipeline.read import read_radiograph
     from legalign.training.synth.dicom_archive import DicomOptions, write_film_dicom
     from legalign.training.synth.film import generate_film
@@ -62,6 +64,7 @@ def _dciodvfy_errors(path: Path) -> list[str] | None:
 # ----------------------------------------------------------------- table
 def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
     import pandas as pd
+
     from legalign.pipeline.outputs.table import COLUMN_NAMES, write_tables
 
     _, film, _, rad = synth_dicom
@@ -101,6 +104,7 @@ def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
 
 def test_table_types_survive_all_null_columns(tmp_path):
     import pyarrow.parquet as pq
+
     from legalign.pipeline.outputs.table import arrow_schema, write_tables
 
     write_tables(
@@ -191,8 +195,9 @@ def test_overlay_draws_landmarks_axes_wedge_and_panel(synth_dicom):
 
 # ----------------------------------------------------------------- DICOM SR / SC
 def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
-    from legalign.pipeline.outputs.dicom_sr import build_sr
     from pydicom.uid import ComprehensiveSRStorage  # noqa: F401  (name check only)
+
+    from legalign.pipeline.outputs.dicom_sr import build_sr
 
     _, film, header, rad = synth_dicom
     d = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()

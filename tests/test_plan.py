@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 from leg_builder import build_leg
+
 from legalign.pipeline.config_schema import deep_merge, from_mapping, read_yaml
 from legalign.pipeline.errors import PlanningError
 from legalign.pipeline.geometry_config import CONFIG_FILE, GeometryConfig, load_geometry_config

@@ -35,6 +35,7 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='ray not installed: pip inst
 def _leg_finding_checkpoint(path: Path, fine_iterations: int) -> Path:
     """A tiny random locator that finds legs (scaled output layers)."""
     import torch
+
     from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
     from legalign.models.spec import LocatorSpec
     from legalign.pipeline.engine.testing import tiny_spec_dict
@@ -119,6 +120,7 @@ def test_ray_engine_resumes_and_matches_local_engine(tmp_path, job, local_ray, f
     result is the local engine's, row for row, JSON for JSON, file for file.  (Two fine
     passes add a crop stage and an actor stage: slow, so not in CI.)"""
     import pandas.testing as pdt
+
     from legalign.pipeline.engine.journal import Journal, file_key
 
     root, films, ckpts = job

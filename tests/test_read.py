@@ -15,6 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.read import check_input, probe, read_radiograph
 from legalign.pipeline.read.spacing import (
@@ -32,8 +35,6 @@ from legalign.training.synth.dicom_archive import (
     stored_pixel_array,
     write_film_dicom,
 )
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 
 @dataclass
@@ -584,8 +585,9 @@ def test_huge_image_refused_from_header_before_decoding(tmp_path):
 
 
 def test_pillow_bomb_guard_kept_on(tmp_path):
-    from legalign.pipeline.read.raster import PILLOW_MAX_IMAGE_PIXELS
     from PIL import Image
+
+    from legalign.pipeline.read.raster import PILLOW_MAX_IMAGE_PIXELS
 
     png = _png_with_size(tmp_path / "bomb.png", 30000, 30000)  # 900 M pixels
     _assert_input_error(png, "decompression-bomb", max_pixels=10**12)

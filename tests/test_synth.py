@@ -8,6 +8,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 from legalign.pipeline.measure import measure_leg

@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+
 from legalign.pipeline.cli import main
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 from legalign.pipeline.measure import measure_leg

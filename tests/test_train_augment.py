@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from legalign.pipeline.config_schema import ConfigError
 from legalign.training import train as train_mod
 from legalign.training.augment import build_augmentation

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from legalign.pipeline.config_schema import ConfigError
 from legalign.training.train import load_films, load_train_config
 

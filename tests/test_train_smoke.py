@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from legalign.pipeline.config_schema import ConfigError
 from legalign.pipeline.locate import Locator
 from legalign.training import train as train_mod

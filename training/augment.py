@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.config_schema import (
     CONFIG_DIR,
     ConfigError,

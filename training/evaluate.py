@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 
 SUCCESS_THRESHOLDS_MM: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
@@ -549,6 +550,7 @@ def evaluate_locator(
     ``out_dir`` when given; returns the report (with ``"outputs"`` naming the files
     written)."""
     import torch
+
     from legalign.pipeline.geometry_config import load_geometry_config
     from legalign.pipeline.locate import Locator
     from legalign.training.datasets import load_dataset

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.errors import LegalignError
 
 FORMATS = ("torchscript", "onnx")

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from legalign.models import heatmap_codec as hc
 from legalign.models.crops import apply_affine, compose, crop_matrix, letterbox_matrix, warp
 from legalign.models.spec import CropSpec, LocatorSpec

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from legalign.models.spec import LocatorSpec
 from legalign.pipeline.config_schema import (
     REPO_ROOT,
@@ -356,6 +357,7 @@ def train(
     """Run the configured stages; returns {"stages": {name: [losses...]}, "eval": {...}}."""
     import torch
     import torch.distributed as dist
+
     from legalign.models.checkpoint import (
         build_nets,
         load_checkpoint,

@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     import cv2
     import numpy as np
+    from tqdm import tqdm
+
     from legalign.training.synth import generate_film
     from legalign.training.synth.coco import add_film, new_coco
-    from tqdm import tqdm
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")

@@ -236,6 +236,7 @@ class Prepared:
 def task_prepare(path: str) -> Prepared | dict[str, Any]:
     """Mode "main": read, normalise, coarse input, thumbnail; the film goes to shared memory."""
     import numpy as np
+
     from legalign.pipeline.api import FilmInfo
     from legalign.pipeline.outputs.overlay import thumbnail
 
@@ -504,6 +505,7 @@ class LocalEngine:
         done = self.journal.done_keys(include_failed=not opts.retry_failed)
         if self.mode == "main":
             import torch
+
             from legalign.pipeline.api import load_locator
 
             if opts.torch_threads:

@@ -225,6 +225,7 @@ class _Actor:
 
     def __init__(self, opts: EngineOptions, device: str, threads: int) -> None:
         import torch
+
         from legalign.pipeline.api import load_locator
 
         self.opts = opts

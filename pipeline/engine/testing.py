@@ -81,6 +81,7 @@ def tiny_checkpoint(
     ``out_std`` re-draws the output layers' weights with that spread, which gives a
     random network heatmap peaks to find (so legs come out, wherever they are)."""
     import torch
+
     from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
     from legalign.models.spec import LocatorSpec
 

@@ -13,6 +13,7 @@ import textwrap
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.api import DISCLAIMER
 
 MAX_OVERLAY_HEIGHT = 2048

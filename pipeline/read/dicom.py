@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.read.spacing import resolve_spacing

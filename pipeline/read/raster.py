@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.read.spacing import resolve_spacing

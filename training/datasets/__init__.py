@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 
 from .base import AnnotatedFilm, FilmDataset, load_image

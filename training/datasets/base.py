@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError, LegalignError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, SIDES, LegLandmarks
 from legalign.pipeline.radiograph import Radiograph

@@ -38,6 +38,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 
 from .primitives import Arc, Ellipsoid, Primitive, Tube

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 
