@@ -129,3 +129,32 @@ def test_refuses_non_empty_out_without_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert _run("--n", "1", "--out", str(out), "--size", "small", "--overwrite") == 0
     assert (out / "annotations.json").exists() and (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "syntax, uid",
+    [("jpeg", "1.2.840.10008.1.2.4.50"), ("htj2k", "1.2.840.10008.1.2.4.201")],
+)
+def test_transfer_syntax_on_request(tmp_path, syntax, uid):
+    pydicom = pytest.importorskip("pydicom")
+    from legalign.pipeline.read import read_radiograph
+    from legalign.training.synth.dicom_archive import htj2k_available
+
+    if syntax == "htj2k" and not htj2k_available():
+        pytest.skip("no HTJ2K encoder (the optional imagecodecs package)")
+    out = tmp_path / "d"
+    argv = ["--n", "2", "--out", str(out), "--size", "small", "--format", "dicom"]
+    assert _run(*argv, "--transfer-syntax", syntax) == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    for img in coco["images"]:
+        assert img["dicom_options"]["transfer_syntax"] == syntax
+        ds = pydicom.dcmread(out / img["dicom_file"], stop_before_pixels=True)
+        assert ds.file_meta.TransferSyntaxUID == uid
+        assert ds.BitsStored == (8 if syntax == "jpeg" else img["dicom_options"]["bits_stored"])
+        rad = read_radiograph(out / img["dicom_file"])
+        assert rad.pixels.shape == (img["height"], img["width"])
+
+
+def test_transfer_syntax_needs_dicom_output(tmp_path, capsys):
+    assert _run("--n", "1", "--out", str(tmp_path / "o"), "--transfer-syntax", "j2k") == 2
+    assert "--transfer-syntax applies to DICOM output" in capsys.readouterr().err

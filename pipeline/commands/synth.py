@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="png (16-bit), dicom, or both (default png)",
     )
     parser.add_argument(
+        "--transfer-syntax",
+        default="random",
+        choices=("random", "explicit", "rle", "jpegls", "j2k", "htj2k", "jpeg"),
+        help="DICOM transfer syntax: random (default: drawn per film from explicit, rle, "
+        "jpegls, j2k), or one for every film; htj2k needs the optional imagecodecs "
+        "package, jpeg writes 8-bit baseline JPEG",
+    )
+    parser.add_argument(
         "--size",
         choices=("native", "small"),
         default="native",
@@ -92,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
             from legalign.training.synth import dicom_archive as dicom
         except ImportError as exc:  # pragma: no cover - depends on the checkout
             raise InputError(f"DICOM output unavailable: {exc}") from None
+        if args.transfer_syntax == "htj2k" and not dicom.htj2k_available():
+            raise InputError(
+                "--transfer-syntax htj2k: no HTJ2K encoder installed (pydicom and "
+                "pylibjpeg-openjpeg decode HTJ2K but cannot write it); "
+                "pip install 'legalign[htj2k]' adds imagecodecs, whose OpenJPH encoder does"
+            )
+    elif args.transfer_syntax != "random":
+        raise InputError("--transfer-syntax applies to DICOM output (--format dicom or both)")
     out.mkdir(parents=True, exist_ok=True)
 
     coco = new_coco(
@@ -119,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
         if dicom is not None:
             dcm = out / f"{stem}.dcm"
             opts = dicom.random_dicom_options(np.random.default_rng([args.seed, i, 0xD1C0]))
+            if args.transfer_syntax != "random":
+                opts.transfer_syntax = args.transfer_syntax
+                if args.transfer_syntax == "jpeg":
+                    opts.bits_stored = 8
+                elif opts.bits_stored == 8:  # pragma: no cover - random never draws 8
+                    opts.bits_stored = 16
+                opts.validate()
             dicom.write_film_dicom(dcm, film, opts, index=i, seed=args.seed)
             extra["dicom_file"] = dcm.name
             extra["dicom_options"] = {

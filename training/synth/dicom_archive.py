@@ -10,7 +10,8 @@ bone bright, values < 2**bits_stored, patient-plane ``spacing_mm``, ``legs``,
 - one of the spacing tag conventions met in archives (see ``SPACING_TAGS``),
 - with a VOI window, PatientOrientation, ImageLaterality, BodyPartExamined, ViewPosition,
 - in explicit VR little endian, RLE lossless, JPEG-LS lossless or JPEG 2000 lossless
-  (pydicom's encoders with the pylibjpeg / pyjpegls plugins),
+  (pydicom's encoders with the pylibjpeg / pyjpegls plugins), and on request HTJ2K
+  lossless (the optional ``imagecodecs`` package) or 8-bit baseline JPEG (Pillow),
 
 with every UID derived deterministically from ``(seed, index)`` and synthetic patient
 names only (``SYNTHETIC^0001``).  The files pass ``dciodvfy`` (dicom3tools) without errors.
@@ -49,6 +50,13 @@ MODALITIES = ("DX", "CR")
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 BITS_STORED = (12, 14, 16)
 TRANSFER_SYNTAXES = ("explicit", "rle", "jpegls", "j2k")
+# Written on request only (``random_dicom_options`` keeps drawing from the four above, so
+# a seed makes the same archive as before): HTJ2K lossless (needs the optional
+# ``imagecodecs`` package, whose OpenJPH encoder writes Part 15 codestreams) and 8-bit
+# baseline JPEG (Pillow's libjpeg; lossy, Bits Stored 8).
+EXTRA_TRANSFER_SYNTAXES = ("htj2k", "jpeg")
+ALL_TRANSFER_SYNTAXES = TRANSFER_SYNTAXES + EXTRA_TRANSFER_SYNTAXES
+JPEG_QUALITY = 95
 SPACING_TAGS = ("pixel", "imager", "imager+magnification", "both")
 
 DX_FOR_PRESENTATION_UID = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -96,8 +104,8 @@ class DicomOptions:
         for name, allowed in (
             ("modality", MODALITIES),
             ("photometric", PHOTOMETRICS),
-            ("bits_stored", BITS_STORED),
-            ("transfer_syntax", TRANSFER_SYNTAXES),
+            ("bits_stored", (*BITS_STORED, 8)),
+            ("transfer_syntax", ALL_TRANSFER_SYNTAXES),
             ("spacing_tags", SPACING_TAGS),
         ):
             value = getattr(self, name)
@@ -106,6 +114,12 @@ class DicomOptions:
         if not (np.isfinite(self.magnification) and 1.0 <= self.magnification <= 2.0):
             raise ValueError(
                 f"DicomOptions.magnification={self.magnification!r}; expected 1.0 to 2.0"
+            )
+        if (self.bits_stored == 8) != (self.transfer_syntax == "jpeg"):
+            raise ValueError(
+                "DicomOptions: transfer_syntax='jpeg' (8-bit baseline JPEG) needs "
+                f"bits_stored=8 and bits_stored=8 needs it (got {self.transfer_syntax!r}, "
+                f"{self.bits_stored})"
             )
         if self.modality == "DX" and self.spacing_tags == "pixel":
             raise ValueError(
@@ -159,7 +173,8 @@ def reported_spacing(film: FilmLike, options: DicomOptions) -> tuple[float, str]
 
 
 def stored_pixel_array(film: FilmLike, options: DicomOptions) -> np.ndarray:
-    """The exact uint16 array that the written PixelData decodes to.
+    """The exact uint16 array (uint8 for 8 bits) that the written PixelData decodes to
+    (before lossy JPEG compression, for ``"jpeg"``).
 
     The film's values are rescaled from ``film.bits_stored`` to ``options.bits_stored``
     when they differ (linear, rounded), then inverted (``max - v``) for MONOCHROME1.
@@ -184,6 +199,8 @@ def stored_pixel_array(film: FilmLike, options: DicomOptions) -> np.ndarray:
         out = np.rint(image.astype(np.float64) * (dst_max / src_max)).astype(np.uint16)
     if options.photometric == "MONOCHROME1":
         out = (dst_max - out.astype(np.int32)).astype(np.uint16)
+    if options.bits_stored <= 8:
+        return np.ascontiguousarray(out, dtype=np.uint8)
     return np.ascontiguousarray(out, dtype="<u2")
 
 
@@ -306,7 +323,7 @@ def build_dataset(film: FilmLike, options: DicomOptions, *, index: int, seed: in
     ds.PhotometricInterpretation = options.photometric
     ds.Rows = rows
     ds.Columns = cols
-    ds.BitsAllocated = 16
+    ds.BitsAllocated = 8 if bits <= 8 else 16
     ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
@@ -348,7 +365,7 @@ def build_dataset(film: FilmLike, options: DicomOptions, *, index: int, seed: in
         ds.PixelSpacingCalibrationDescription = "Imager spacing / geometric magnification"
 
     ds.PixelData = stored.tobytes()
-    ds["PixelData"].VR = "OW"
+    ds["PixelData"].VR = "OW" if bits > 8 else "OB"
     return ds
 
 
@@ -364,12 +381,16 @@ def write_film_dicom(
     from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
     image_shape = np.shape(film.image)
-    if options.transfer_syntax == "j2k" and min(image_shape) < _J2K_MIN_SIZE:
+    if options.transfer_syntax in ("j2k", "htj2k") and min(image_shape) < _J2K_MIN_SIZE:
         raise ValueError(
             f"JPEG 2000 encoding (openjpeg, 6 resolution levels) needs at least "
             f"{_J2K_MIN_SIZE} rows and columns, the film is {image_shape}"
         )
     ds = build_dataset(film, options, index=index, seed=seed)
+    if options.transfer_syntax in EXTRA_TRANSFER_SYNTAXES:
+        _encapsulate(ds, options.transfer_syntax)
+        ds.save_as(path, enforce_file_format=True)
+        return
     syntax = {"rle": RLELossless, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}.get(
         options.transfer_syntax
     )
@@ -377,3 +398,49 @@ def write_film_dicom(
         arr = np.frombuffer(ds.PixelData, dtype="<u2").reshape(ds.Rows, ds.Columns)
         ds.compress(syntax, arr, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
+
+
+def htj2k_available() -> bool:
+    """Whether HTJ2K can be written here (the optional ``imagecodecs`` package)."""
+    try:
+        import imagecodecs
+
+        return bool(imagecodecs.HTJ2K.available)
+    except Exception:  # noqa: BLE001 - not installed
+        return False
+
+
+def _encapsulate(ds: Any, syntax: str) -> None:
+    """Replace ``ds``'s native PixelData by one HTJ2K or baseline-JPEG fragment."""
+    import io
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLossless, JPEGBaseline8Bit
+
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if syntax == "htj2k":
+        if not htj2k_available():
+            raise ValueError(
+                "writing HTJ2K needs the optional imagecodecs package (OpenJPH encoder): "
+                "pip install 'legalign[htj2k]'"
+            )
+        import imagecodecs
+
+        arr = np.frombuffer(ds.PixelData, dtype="<u2").reshape(rows, cols)
+        stream = bytes(imagecodecs.htj2k_encode(arr, reversible=True, resolutions=6))
+        uid = HTJ2KLossless
+    else:
+        from PIL import Image
+
+        arr = np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(rows, cols)
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode="L").save(buf, format="JPEG", quality=JPEG_QUALITY)
+        stream = buf.getvalue()
+        uid = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = _ds_number(arr.nbytes / len(stream))
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = uid
