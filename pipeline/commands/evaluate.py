@@ -7,7 +7,9 @@ import argparse
 NAME = "evaluate"
 HELP = (
     "Evaluate a locator checkpoint on an annotated dataset: radial errors, success rates, "
-    "HKA/MPTA/mLDFA/WBL errors, failures; writes report.json and PNG plots."
+    "HKA/MPTA/mLDFA/WBL errors, failures; or, on an angle-only CSV (file, side, hka_deg), "
+    "the pipeline's HKA against the reference (bias, mean abs difference, within 1/2 deg, r, "
+    "legs without a value); writes report.json and PNG plots."
 )
 
 
@@ -16,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dataset",
         metavar="DATASET",
-        help="COCO .json, LabelMe folder, landmark .csv or synthetic:N[:small|native]",
+        help="COCO .json, LabelMe folder, landmark .csv, angle-only .csv (file, side, hka_deg) "
+        "or synthetic:N[:small|native]",
     )
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="write report.json and the PNG plots here"
@@ -72,6 +75,27 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--seed applies to synthetic:N datasets only, not {args.dataset}")
     if not Path(args.checkpoint).is_file():
         raise InputError(f"{args.checkpoint}: checkpoint not found")
+    if str(args.dataset).lower().endswith(".csv"):
+        from legalign.training.readers_eval import (
+            evaluate_angles,
+            format_angle_report,
+            is_angle_csv,
+        )
+
+        if is_angle_csv(args.dataset):
+            report, _ = evaluate_angles(
+                args.checkpoint,
+                args.dataset,
+                args.out,
+                assumed_spacing_mm=args.spacing,
+                device=args.device,
+                geometry_config=args.config,
+                limit=args.limit,
+            )
+            print(format_angle_report(report))
+            if args.out:
+                print(f"\nwrote {', '.join(report['outputs'].values())}")
+            return 0
     report = evaluate_locator(
         args.checkpoint,
         args.dataset,
