@@ -142,8 +142,11 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
 
     torch.set_num_threads(1)
     _init()
-    from legalign.pipeline.api import FilmInfo, load_config, load_locator, result_from_legs
-    from legalign.pipeline.engine.local import EngineOptions, finish_outputs
+    from legalign.pipeline.api import FilmInfo, load_config, load_locator
+    from legalign.pipeline.assemble import result_from_legs
+    from legalign.pipeline.coarse_to_fine import locate_radiographs
+    from legalign.pipeline.engine.options import EngineOptions
+    from legalign.pipeline.engine.write import finish_outputs
     from legalign.pipeline.outputs.overlay import thumbnail
     from legalign.pipeline.read import read_radiograph
     from legalign.pipeline.read.dicom import decode, read_header
@@ -167,7 +170,7 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
         thumb = thumbnail(rad.pixels)
         t["thumbnail"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        legs = loc.locate(rad)
+        legs = locate_radiographs(loc, [rad])[0]
         t["locate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         d = result_from_legs(FilmInfo.from_radiograph(rad), legs, cfg).to_dict()
@@ -214,7 +217,8 @@ def stage_times(files: list[Path], model: str | None, out: Path) -> dict[str, fl
 def _warm(i: int) -> int:
     """Pay each worker's one-time costs (imports, highdicom's tables, first SR) before the
     clock starts, as an archive-scale run pays them once."""
-    from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
+    from legalign.pipeline.api import FilmInfo, load_config
+    from legalign.pipeline.assemble import result_from_legs
     from legalign.pipeline.landmarks import LegLandmarks
     from legalign.pipeline.outputs.dicom_sc import build_sc
     from legalign.pipeline.outputs.dicom_sr import build_sr
@@ -268,14 +272,17 @@ def end_to_end(files: list[Path], model: str | None, workers: int, mode: str, ou
                 self.ready_at = time.perf_counter()
             return pool
 
-        def _record(self, d):
-            super()._record(d)
-            self.last_at = time.perf_counter()
-            if self.pool is not None:
-                self.cpu_last = {p: _proc_cpu(p) for p in self.pool._processes}
-                self.main_cpu_last = time.process_time()
-
     engine = Timed([str(list_file)], opts)
+    record = engine.book.record
+
+    def timed_record(d):
+        record(d)
+        engine.last_at = time.perf_counter()
+        if engine.pool is not None:
+            engine.cpu_last = {p: _proc_cpu(p) for p in engine.pool._processes}
+            engine.main_cpu_last = time.process_time()
+
+    engine.book.record = timed_record
     t0 = time.perf_counter()
     code = engine.run()
     wall = time.perf_counter() - t0

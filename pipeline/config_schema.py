@@ -17,17 +17,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from legalign.pipeline.errors import LegalignError
+from legalign.pipeline.errors import ConfigError
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The default configs are package data of ``legalign.configs`` (the repository's configs/).
 CONFIG_DIR = Path(str(resources.files("legalign.configs")))
-
-
-class ConfigError(LegalignError):
-    """A configuration file or value is invalid; the message names file and key."""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

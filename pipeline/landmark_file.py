@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import InputError, SpacingError
 from legalign.pipeline.geometry import to_canonical
 from legalign.pipeline.landmarks import SIDES, LandmarkError, LegLandmarks
 
@@ -54,9 +54,9 @@ def _spacing(value: object, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{where}: spacing_mm must be a number or null, got {value!r}")
+        raise SpacingError(f"{where}: spacing_mm must be a number or null, got {value!r}")
     if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{where}: spacing_mm must be a positive finite number, got {value!r}")
+        raise SpacingError(f"{where}: spacing_mm must be a positive finite number, got {value!r}")
     return float(value)
 
 

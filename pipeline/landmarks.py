@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from legalign.pipeline.enums import Side
 from legalign.pipeline.errors import InputError
 
 LANDMARK_NAMES: tuple[str, ...] = (
@@ -26,7 +27,7 @@ LANDMARK_NAMES: tuple[str, ...] = (
     "tibial_shaft_distal",
 )
 CORE_LANDMARKS: tuple[str, ...] = ("femoral_head", "knee_centre", "ankle_centre")
-SIDES: tuple[str, ...] = ("right", "left")
+SIDES: tuple[Side, ...] = (Side.RIGHT, Side.LEFT)
 
 # Medial/lateral pairs: anatomical labels.  Code that works in image terms (a network
 # predicting "smaller x / larger x" points, an augmentation flip) maps through these.
@@ -48,7 +49,7 @@ class LegLandmarks:
     absent.  ``confidence`` (optional) maps name -> [0, 1] network confidence.
     """
 
-    side: str
+    side: Side  # a "right"/"left" string is accepted and made a Side
     points: dict[str, tuple[float, float]]
     confidence: dict[str, float] = field(default_factory=dict)
     # True when the film shows this leg mirrored against the standard AP display
@@ -58,6 +59,7 @@ class LegLandmarks:
     def __post_init__(self) -> None:
         if self.side not in SIDES:
             raise LandmarkError(f"side must be 'right' or 'left', got {self.side!r}")
+        object.__setattr__(self, "side", Side(self.side))
         for name, xy in self.points.items():
             if name not in LANDMARK_NAMES:
                 raise LandmarkError(
@@ -77,7 +79,7 @@ class LegLandmarks:
     @property
     def medial_sign(self) -> int:
         """+1 when medial is +x in the image, -1 when it is -x."""
-        sign = 1 if self.side == "right" else -1
+        sign = 1 if self.side is Side.RIGHT else -1
         return -sign if self.mirrored else sign
 
     def as_other_leg(self, width: float) -> LegLandmarks:
@@ -89,7 +91,7 @@ class LegLandmarks:
         """
         pts = {n: ((width - 1.0) - x, y) for n, (x, y) in self.points.items()}
         return LegLandmarks(
-            side="left" if self.side == "right" else "right",
+            side=self.side.other,
             points=pts,
             confidence=dict(self.confidence),
             mirrored=self.mirrored,

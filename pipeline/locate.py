@@ -1,22 +1,24 @@
 """Coarse-to-fine landmark localisation: ``Radiograph`` -> ``list[LegLandmarks]``.
 
-Stages (each exposed so a batch engine can batch them across films):
+The loop over these stages is ``pipeline.coarse_to_fine`` (the one implementation the API
+and both engines call); this module holds the geometry (``LocatorGeometry``, spec only, no
+networks) and the networks (``Locator``).
 
-1. ``coarse_input(radiograph)`` -> float32 (1, Hc, Wc): the whole film letterboxed into a
-   small canvas.  Cheap, computable in a worker process.
+1. ``coarse_to_fine.coarse_input`` -> float32 (1, Hc, Wc): the whole film letterboxed into
+   a small canvas (``LocatorGeometry.coarse_matrix``).  Cheap, computable in a worker.
 2. ``predict_coarse(batch)`` -> heatmaps (N, Kc, h, w): class-agnostic joint channels
    (every femoral head on the film shows in one channel).
 3. ``decode_coarse(heatmaps, radiograph)`` -> ``CoarseResult``: up to two legs, grouped
    from the peaks (knee -> the head above it -> the ankle below it); each leg's medial
    direction from anatomy (the greater trochanter is lateral of the femoral head); its
    side from DICOM orientation/laterality when known, else assuming standard AP display.
-4. ``fine_inputs(radiograph, coarse)`` -> ``FineInputs``: square crops around hip, knee
+4. ``coarse_to_fine.fine_inputs`` -> ``FineInputs`` (``LocatorGeometry.crop_matrices``): square crops around hip, knee
    and ankle of each leg, of a size proportional to the leg's femur length, mirrored so
    that medial is +x (each leg looks like a right leg), at ``fine_size`` pixels.
 5. ``predict_fine(crops)`` -> heatmaps; ``decode_fine(...)`` -> ``list[LegLandmarks]``
    with sub-pixel positions and a per-landmark confidence in [0, 1].
 
-``locate`` / ``locate_batch`` run all of it.  The device is passed in; the caller owns
+``coarse_to_fine.locate_films`` runs all of it.  The device is passed in; the caller owns
 torch's thread settings (no global state is changed here).
 """
 
@@ -25,16 +27,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from legalign.pipeline.landmarks import LegLandmarks
-from legalign.pipeline.radiograph import Radiograph
 
 # below this coarse peak the trochanter is not trusted to give the medial direction
 _TROCHANTER_MIN_CONF = 0.2
 # a fine answer below this confidence falls back to the coarse answer (when there is one)
 _FINE_MIN_CONF = 0.1
+
+
+class FilmShape(Protocol):
+    """What the coarse decode reads of a film: its full-resolution size and its DICOM
+    orientation (``Radiograph`` and ``pipeline.results.FilmInfo`` both are one)."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def mirrored(self) -> bool | None: ...
+
+    @property
+    def laterality(self) -> str | None: ...
 
 
 @dataclass
@@ -64,29 +83,16 @@ class FineInputs:
     items: list[tuple[int, str]]
 
 
-class Locator:
-    """Coarse-to-fine locator around two heatmap networks and a ``LocatorSpec``."""
+class LocatorGeometry:
+    """The locator's geometry from a ``LocatorSpec`` alone (no networks, no torch): the
+    coarse canvas, the coarse decode, the crop matrices, the fine decode.  Usable in any
+    worker process."""
 
-    def __init__(self, spec, coarse_net, fine_net, device="cpu", batch_size: int = 32) -> None:
-        import torch
-
+    def __init__(self, spec) -> None:
         self.spec = spec
-        self.device = torch.device(device)
-        self.coarse_net = coarse_net.to(self.device).eval()
-        self.fine_net = fine_net.to(self.device).eval()
-        self.batch_size = int(batch_size)
         self.coarse_index = {n: i for i, n in enumerate(spec.coarse_landmarks)}
         self.fine_index = {n: i for i, n in enumerate(spec.fine_landmarks)}
         self.crops = {c.name: c for c in spec.crops}
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device="cpu") -> Locator:
-        """Load a checkpoint (``None``: the shipped default in ``models/weights/``)."""
-        from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
-
-        spec, coarse, fine = nets_from_checkpoint(load_checkpoint(path))
-        return cls(spec, coarse, fine, device=device)
 
     # ------------------------------------------------------------------ coarse
     def coarse_matrix(self, height: int, width: int) -> np.ndarray:
@@ -94,31 +100,7 @@ class Locator:
 
         return letterbox_matrix(height, width, self.spec.coarse_height, self.spec.coarse_width)
 
-    def coarse_input(self, radiograph: Radiograph) -> np.ndarray:
-        """The whole film letterboxed into the coarse canvas: float32 (1, Hc, Wc)."""
-        from legalign.models.crops import warp
-
-        A = self.coarse_matrix(radiograph.height, radiograph.width)
-        img = warp(radiograph.pixels, A, (self.spec.coarse_height, self.spec.coarse_width))
-        return img[None].astype(np.float32, copy=False)
-
-    def _run(self, net, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, len(batch), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(batch[i : i + self.batch_size]))
-                outs.append(net(x.to(self.device, torch.float32)).float().cpu().numpy())
-        if not outs:
-            return np.zeros((0,), dtype=np.float32)
-        return np.concatenate(outs, axis=0)
-
-    def predict_coarse(self, batch: np.ndarray) -> np.ndarray:
-        """Coarse heatmaps for a batch (N, 1, Hc, Wc) of ``coarse_input`` arrays."""
-        return self._run(self.coarse_net, batch)
-
-    def decode_coarse(self, heatmaps: np.ndarray, radiograph: Radiograph) -> CoarseResult:
+    def decode_coarse(self, heatmaps: np.ndarray, radiograph: FilmShape) -> CoarseResult:
         """Legs from one film's coarse heatmaps (K, h, w).
 
         Uses only the film's size and its DICOM ``mirrored``/``laterality``.
@@ -234,26 +216,6 @@ class Locator:
                 out.append((crop.name, A))
         return out
 
-    def fine_inputs(self, radiograph: Radiograph, coarse: CoarseResult) -> FineInputs:
-        """Crops around each joint of each coarse leg."""
-        from legalign.models.crops import warp
-
-        s = self.spec.fine_size
-        crops, mats, items = [], [], []
-        for li, leg in enumerate(coarse.legs):
-            for name, A in self.crop_matrices(leg):
-                crops.append(warp(radiograph.pixels, A, (s, s)))
-                mats.append(A)
-                items.append((li, name))
-        arr = np.stack(crops)[:, None] if crops else np.zeros((0, 1, s, s), np.float32)
-        return FineInputs(crops=arr.astype(np.float32, copy=False), matrices=mats, items=items)
-
-    def predict_fine(self, crops: np.ndarray) -> np.ndarray:
-        """Fine heatmaps for crops (M, 1, S, S) (from one or many films)."""
-        if len(crops) == 0:
-            return np.zeros((0, len(self.spec.fine_landmarks), 1, 1), np.float32)
-        return self._run(self.fine_net, crops)
-
     def _fine_points(
         self, inputs: FineInputs, heatmaps: np.ndarray
     ) -> dict[int, dict[str, tuple[tuple[float, float], float]]]:
@@ -306,9 +268,11 @@ class Locator:
         legs.sort(key=lambda leg: leg.points.get("knee_centre", (0.0, 0.0))[0])
         return legs
 
-    def _recentre(
+    def recentre(
         self, coarse: CoarseResult, inputs: FineInputs, heatmaps: np.ndarray
     ) -> CoarseResult:
+        """The legs for the next fine pass: each anchor moved to the fine answer where the
+        crops saw it; the leg's scale from the new head-knee distance."""
         found = self._fine_points(inputs, heatmaps)
         legs = []
         for li, leg in enumerate(coarse.legs):
@@ -326,36 +290,50 @@ class Locator:
             legs.append(new)
         return CoarseResult(legs)
 
-    # ------------------------------------------------------------------ all stages
-    def locate(self, radiograph: Radiograph) -> list[LegLandmarks]:
-        return self.locate_batch([radiograph])[0]
 
-    def locate_batch(self, radiographs: list[Radiograph]) -> list[list[LegLandmarks]]:
-        """Locate every film; both networks run batched across the films."""
-        if not radiographs:
-            return []
-        batch = np.stack([self.coarse_input(rg) for rg in radiographs])
-        heat = self.predict_coarse(batch)
-        coarse = [self.decode_coarse(heat[i], rg) for i, rg in enumerate(radiographs)]
-        for it in range(self.spec.fine_iterations):
-            inputs = [self.fine_inputs(rg, c) for rg, c in zip(radiographs, coarse, strict=True)]
-            counts = [len(fi.items) for fi in inputs]
-            allcrops = np.concatenate([fi.crops for fi in inputs], axis=0)
-            fheat = self.predict_fine(allcrops)
-            per_film = (
-                np.split(fheat, np.cumsum(counts)[:-1]) if len(fheat) else [fheat] * len(inputs)
-            )
-            if it + 1 < self.spec.fine_iterations:
-                coarse = [
-                    self._recentre(c, fi, fh)
-                    for c, fi, fh in zip(coarse, inputs, per_film, strict=True)
-                ]
-                continue
-            return [
-                self.decode_fine(c, fi, fh)
-                for c, fi, fh in zip(coarse, inputs, per_film, strict=True)
-            ]
-        raise AssertionError("unreachable")  # pragma: no cover
+class Locator(LocatorGeometry):
+    """The geometry with its two heatmap networks on a device."""
+
+    def __init__(self, spec, coarse_net, fine_net, device="cpu", batch_size: int = 32) -> None:
+        import torch
+
+        super().__init__(spec)
+        self.device = torch.device(device)
+        self.coarse_net = coarse_net.to(self.device).eval()
+        self.fine_net = fine_net.to(self.device).eval()
+        self.batch_size = int(batch_size)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device="cpu") -> Locator:
+        """Load a checkpoint (``None``: the shipped default in ``models/weights/``)."""
+        from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
+
+        spec, coarse, fine = nets_from_checkpoint(load_checkpoint(path))
+        return cls(spec, coarse, fine, device=device)
+
+    # ------------------------------------------------------------------ networks
+    def _run(self, net, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(batch), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(batch[i : i + self.batch_size]))
+                outs.append(net(x.to(self.device, torch.float32)).float().cpu().numpy())
+        if not outs:
+            return np.zeros((0,), dtype=np.float32)
+        return np.concatenate(outs, axis=0)
+
+    def predict_coarse(self, batch: np.ndarray) -> np.ndarray:
+        """Coarse heatmaps for a batch (N, 1, Hc, Wc) of ``coarse_input`` arrays."""
+        return self._run(self.coarse_net, batch)
+
+    def predict_fine(self, crops: np.ndarray) -> np.ndarray:
+        """Fine heatmaps for crops (M, 1, S, S) (from one or many films)."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.spec.fine_landmarks), 1, 1), np.float32)
+        return self._run(self.fine_net, crops)
 
 
 def _best_along(cands, knee, above: bool):
@@ -372,7 +350,7 @@ def _best_along(cands, knee, above: bool):
     return best
 
 
-def _assign_sides(legs: list[CoarseLeg], radiograph: Radiograph) -> None:
+def _assign_sides(legs: list[CoarseLeg], radiograph: FilmShape) -> None:
     """Medial direction from anatomy, then side and mirroring (see the module docstring)."""
     for i, leg in enumerate(legs):
         sign = 0

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import brentq
 
+from legalign.pipeline.enums import OsteotomyLevel
 from legalign.pipeline.errors import PlanningError
 from legalign.pipeline.geometry import (
     from_canonical,
@@ -43,7 +44,7 @@ POST_KEYS = ("hka_deg", "mad_mm", "wbl_ratio_pct", "mpta_deg", "mldfa_deg")
 class OsteotomyStep:
     """One cut: where it is, how far it turns, what it aims at."""
 
-    level: str  # "HTO" or "DFO"
+    level: OsteotomyLevel  # HTO or DFO
     direction: str  # "valgus-producing" or "varus-producing"
     wedge: str  # "opening" or "closing" at the cut-start cortex
     objective: str  # e.g. "wbl_ratio_pct" or "mldfa_deg"
@@ -61,7 +62,7 @@ class OsteotomyStep:
 @dataclass
 class OsteotomyPlan:
     indicated: bool | None
-    level: str | None  # "HTO", "DFO", "DLO" or None
+    level: OsteotomyLevel | None  # HTO, DFO, DLO or None
     reason: str
     target_wbl_pct: float | None = None
     correction_deg: float | None = None
@@ -74,7 +75,12 @@ class OsteotomyPlan:
     disclaimer: str = DISCLAIMER
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # the outputs carry the level's string value
+        d["level"] = None if self.level is None else str(self.level)
+        for step in d["steps"]:
+            step["level"] = str(step["level"])
+        return d
 
 
 @dataclass
@@ -90,7 +96,7 @@ def _cut_geometry(
     level: str, p: dict[str, np.ndarray], geo: OsteotomyGeometry, px_per_mm: float
 ) -> _Cut:
     """Hinge and cut-start points of an HTO or DFO, canonical frame (X medial, Y distal)."""
-    if level == "HTO":
+    if level == OsteotomyLevel.HTO:
         along = unit(p[A] - p[K], f"{K} and {A}")  # distal along the tibial mech axis
         medial_edge, lateral_edge = p[PM], p[PL]
     else:
@@ -115,7 +121,7 @@ def _distal_fragment(p: dict[str, np.ndarray], cut: _Cut) -> list[str]:
         return float(d[0] * (q[1] - cut.cut_start[1]) - d[1] * (q[0] - cut.cut_start[0]))
 
     ankle_side = math.copysign(1.0, side(p[A]))
-    excluded = {H} if cut.level == "DFO" else {H, CM, CL, K}
+    excluded = {H} if cut.level == OsteotomyLevel.DFO else {H, CM, CL, K}
     return [n for n, q in p.items() if n not in excluded and side(q) * ankle_side > 0]
 
 
@@ -198,7 +204,7 @@ def _solve_step(
     px_per_mm: float,
     spacing_mm: float | None,
 ) -> tuple[OsteotomyStep, dict[str, np.ndarray]]:
-    geo = cfg.planning.hto if level == "HTO" else cfg.planning.dfo
+    geo = cfg.planning.hto if level == OsteotomyLevel.HTO else cfg.planning.dfo
     cut = _cut_geometry(level, p, geo, px_per_mm)
     moving = _distal_fragment(p, cut)
 
@@ -244,21 +250,23 @@ def _solve_step(
 RANGE_EPS_DEG = 1e-9
 
 
-def _choose_level(m: LegMeasurements, varus: bool, cfg: GeometryConfig) -> tuple[str, str | None]:
+def _choose_level(
+    m: LegMeasurements, varus: bool, cfg: GeometryConfig
+) -> tuple[OsteotomyLevel, str | None]:
     lo_t, hi_t = cfg.normals.mpta_deg[0] - RANGE_EPS_DEG, cfg.normals.mpta_deg[1] + RANGE_EPS_DEG
     lo_f, hi_f = cfg.normals.mldfa_deg[0] - RANGE_EPS_DEG, cfg.normals.mldfa_deg[1] + RANGE_EPS_DEG
     if varus:
         tibia_abn, femur_abn = m.mpta_deg < lo_t, m.mldfa_deg > hi_f
-        fallback = "HTO"
+        fallback = OsteotomyLevel.HTO
     else:
         tibia_abn, femur_abn = m.mpta_deg > hi_t, m.mldfa_deg < lo_f
-        fallback = "DFO"
+        fallback = OsteotomyLevel.DFO
     if tibia_abn and femur_abn:
-        return "DLO", None
+        return OsteotomyLevel.DLO, None
     if tibia_abn:
-        return "HTO", None
+        return OsteotomyLevel.HTO, None
     if femur_abn:
-        return "DFO", None
+        return OsteotomyLevel.DFO, None
     return fallback, (
         f"MPTA {m.mpta_deg:.1f} and mLDFA {m.mldfa_deg:.1f} deg are both within normal: "
         f"the deformity sits in the joint (JLCA {m.jlca_deg:.1f} deg); {fallback} proposed"
@@ -328,23 +336,31 @@ def plan_leg(
     args = (p, leg, cfg, px_per_mm, spacing_mm)
 
     steps: list[OsteotomyStep] = []
-    if level in ("HTO", "DFO"):
+    if level in (OsteotomyLevel.HTO, OsteotomyLevel.DFO):
         step, after = _solve_step(level, direction, "wbl_ratio_pct", target, *args)
         post = measure_leg(_leg_from(after, leg), spacing_mm, cfg)
-        if level == "HTO" and varus and post.mpta_deg > pl.max_post_mpta_deg:
+        if level == OsteotomyLevel.HTO and varus and post.mpta_deg > pl.max_post_mpta_deg:
             warnings.append(
                 f"an isolated HTO would need a post-op MPTA of {post.mpta_deg:.1f} deg "
                 f"(> {pl.max_post_mpta_deg:g}): double-level osteotomy proposed"
             )
-            level = "DLO"
+            level = OsteotomyLevel.DLO
         else:
             steps = [step]
-    if level == "DLO":
+    if level == OsteotomyLevel.DLO:
         femur, after = _solve_step(
-            "DFO", direction, "mldfa_deg", pl.dlo_femur_target_mldfa_deg, *args
+            OsteotomyLevel.DFO, direction, "mldfa_deg", pl.dlo_femur_target_mldfa_deg, *args
         )
         tibia, after = _solve_step(
-            "HTO", direction, "wbl_ratio_pct", target, after, leg, cfg, px_per_mm, spacing_mm
+            OsteotomyLevel.HTO,
+            direction,
+            "wbl_ratio_pct",
+            target,
+            after,
+            leg,
+            cfg,
+            px_per_mm,
+            spacing_mm,
         )
         steps = [femur, tibia]
         post = measure_leg(_leg_from(after, leg), spacing_mm, cfg)
@@ -358,7 +374,7 @@ def plan_leg(
         post={k: getattr(post, k) for k in POST_KEYS},
         warnings=warnings,
     )
-    if level == "DLO":
+    if level == OsteotomyLevel.DLO:
         plan.correction_deg = sum(s.correction_deg for s in steps)
     else:
         only = steps[0]
@@ -367,7 +383,7 @@ def plan_leg(
     if post.mpta_deg is not None and post.mpta_deg > pl.max_post_mpta_deg:
         warnings.append(f"post-op MPTA {post.mpta_deg:.1f} deg > {pl.max_post_mpta_deg:g}")
     for s in steps:
-        if s.level == "HTO" and s.gap_mm is not None and s.gap_mm > pl.warn_gap_mm:
+        if s.level == OsteotomyLevel.HTO and s.gap_mm is not None and s.gap_mm > pl.warn_gap_mm:
             warnings.append(f"HTO gap {s.gap_mm:.1f} mm > {pl.warn_gap_mm:g} mm")
         if s.correction_deg > pl.warn_correction_deg:
             warnings.append(

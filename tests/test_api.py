@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
 
-from legalign.pipeline.api import (
-    FilmInfo,
-    ImageResult,
-    LegResult,
-    analyse,
-    classify_error,
-    load_config,
-    result_from_legs,
-)
+from legalign.pipeline.api import FilmInfo, ImageResult, LegResult, analyse, load_config
+from legalign.pipeline.assemble import result_from_legs
 from legalign.pipeline.errors import InputError
 
 
@@ -127,26 +120,6 @@ def test_side_source(film):
         result_from_legs(_info(film, laterality="R"), one, load_config()).legs[0].side_source
         == "dicom_laterality"
     )
-
-
-@pytest.mark.parametrize(
-    ("message", "reason"),
-    [
-        ("/d/x.dcm: wrong modality CT (expected a radiograph)", "wrong_modality"),
-        ("/d/x.dcm: image too large (1 x 2 = 3 pixels > max_pixels 2)", "too_large"),
-        ("/d/x.dcm: PixelSpacing must be a positive number, got '0'", "no_spacing"),
-        ("/d/x.txt: not a DICOM, PNG, JPEG or TIFF file", "not_an_image"),
-        ("/d/x.dcm: truncated file (12 bytes)", "unreadable"),
-        ("/d/modality_spacing.dcm: truncated pixel data", "unreadable"),
-    ],
-)
-def test_classify_error(message, reason):
-    path = message.split(":")[0]
-    assert classify_error(InputError(message), path) == reason
-
-
-def test_classify_error_non_legalign_is_internal():
-    assert classify_error(RuntimeError("x")) == "internal_error"
 
 
 def test_analyse_array_and_path(tmp_path, film):

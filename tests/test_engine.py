@@ -344,8 +344,10 @@ def test_engine_outputs_for_a_dicom_film(tmp_path):
     inside --out, SR/SC in the source's study with stable UIDs on a re-write."""
     import pydicom
 
-    from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
-    from legalign.pipeline.engine.local import EngineOptions, finish_outputs
+    from legalign.pipeline.api import FilmInfo, load_config
+    from legalign.pipeline.assemble import result_from_legs
+    from legalign.pipeline.engine.options import EngineOptions
+    from legalign.pipeline.engine.write import finish_outputs
     from legalign.pipeline.landmarks import LegLandmarks
     from legalign.pipeline.outputs.overlay import thumbnail
     from legalign.pipeline.read import read_radiograph
@@ -420,17 +422,18 @@ def test_file_timeout_kills_and_records_without_stopping_the_run(tmp_path, tiny_
 def test_worker_start_up_failure_is_not_a_file_failure(tmp_path):
     """A worker that cannot start answers every task with its error (the main process
     then stops the run) instead of recording files as failed."""
-    from legalign.pipeline.engine import local
+    from legalign.pipeline.engine import worker
+    from legalign.pipeline.engine.options import EngineOptions
 
-    opts = local.EngineOptions(out_dir=tmp_path, model=str(tmp_path / "missing.pt"))
+    opts = EngineOptions(out_dir=tmp_path, model=str(tmp_path / "missing.pt"))
     try:
-        local._init_worker(opts, "worker", True)
-        res = local.task_full(str(tmp_path / "any.dcm"))
+        worker.init_pool_worker(opts, "worker")
+        res = worker.pool_full(str(tmp_path / "any.dcm"))
         assert res == {
-            "__init_error__": f"InputError: {tmp_path / 'missing.pt'}: checkpoint not found"
+            worker.INIT_ERROR: f"InputError: {tmp_path / 'missing.pt'}: checkpoint not found"
         }
         with pytest.raises(Exception, match="checkpoint not found"):
-            local._init_worker(opts, "worker")
+            worker.WorkerContext.create(opts, networks=True)
     finally:
-        local.WORKER.clear()
+        worker._POOL.clear()
     assert not (tmp_path / "images").exists()

@@ -21,6 +21,14 @@ from legalign.models.checkpoint import (
     nets_from_checkpoint,
     save_checkpoint,
 )
+from legalign.pipeline.coarse_to_fine import (
+    ArrayPixels,
+    Film,
+    coarse_input,
+    film_of,
+    locate_films,
+    locate_radiographs,
+)
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 from legalign.pipeline.locate import CoarseLeg, FineInputs, Locator, _assign_sides
@@ -190,7 +198,7 @@ def test_locate_batch_with_untrained_nets_is_well_formed(locator):
         Radiograph(path="a", pixels=rng.random((700, 300), dtype=np.float32)),
         Radiograph(path="b", pixels=rng.random((400, 200), dtype=np.float32), mirrored=True),
     ]
-    out = locator.locate_batch(films)
+    out = locate_radiographs(locator, films)
     assert len(out) == 2
     for legs in out:
         assert len(legs) <= 2
@@ -198,12 +206,51 @@ def test_locate_batch_with_untrained_nets_is_well_formed(locator):
             assert isinstance(leg, LegLandmarks)
             assert all(0.0 <= c <= 1.0 for c in leg.confidence.values())
             assert set(leg.confidence) == set(leg.points)
-    assert locator.locate_batch([]) == []
-    x = locator.coarse_input(films[0])
+    assert locate_radiographs(locator, []) == []
+    x = coarse_input(locator, ArrayPixels(films[0].pixels))
     assert (
         x.shape == (1, locator.spec.coarse_height, locator.spec.coarse_width)
         and x.dtype == np.float32
     )
+    # batched across films (local engine, mode main) = one film at a time (mode worker)
+    one_by_one = [locate_radiographs(locator, [f])[0] for f in films]
+    per_film = locate_films(locator, [film_of(f, f.pixels) for f in films], per_film=True)
+    assert per_film == one_by_one
+
+
+class _RecordingPixels:
+    """A FilmPixels that is not an array: what a reduced-resolution / region decoder
+    plugs in (here it delegates to ArrayPixels and records the calls)."""
+
+    def __init__(self, pixels):
+        self.inner = ArrayPixels(pixels)
+        self.height, self.width = self.inner.height, self.inner.width
+        self.calls: list[tuple[str, tuple[int, int]]] = []
+
+    def whole(self, matrix, size):
+        self.calls.append(("whole", size))
+        return self.inner.whole(matrix, size)
+
+    def crop(self, matrix, size):
+        self.calls.append(("crop", size))
+        return self.inner.crop(matrix, size)
+
+
+def test_stage_reads_pixels_only_through_film_pixels():
+    """The stage asks its FilmPixels for the whole film at the coarse size once and for
+    each crop at the fine size; its answers are what ArrayPixels gives."""
+    from legalign.training.datasets import load_dataset
+
+    rad = load_dataset("synthetic:1:small", seed=1_000_321)[0].to_radiograph()
+    loc = Locator.from_checkpoint(None)
+    spec = loc.spec
+    source = _RecordingPixels(rad.pixels)
+    got = locate_films(loc, [Film(rad, source)])[0]
+    assert got == locate_radiographs(loc, [rad])[0] and got
+    sizes = {kind: {s for k, s in source.calls if k == kind} for kind in ("whole", "crop")}
+    assert sizes["whole"] == {(spec.coarse_height, spec.coarse_width)}
+    assert [k for k, _ in source.calls].count("whole") == 1
+    assert sizes["crop"] == {(spec.fine_size, spec.fine_size)}
 
 
 def test_checkpoint_roundtrip_weights_only(tmp_path, spec):
@@ -247,7 +294,7 @@ def test_shipped_default_model_finds_synthetic_legs():
 
     film = load_dataset("synthetic:1:small", seed=1_000_321)[0]
     loc = Locator.from_checkpoint(None)
-    legs = loc.locate(film.to_radiograph())
+    legs = locate_radiographs(loc, [film.to_radiograph()])[0]
     assert sorted(leg.side for leg in legs) == sorted(g.side for g in film.legs)
     for gt in film.legs:
         got = next(leg for leg in legs if leg.side == gt.side)

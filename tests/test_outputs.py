@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
 
-from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
+from legalign.pipeline.api import FilmInfo, load_config
+from legalign.pipeline.assemble import result_from_legs
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 
 

@@ -189,7 +189,8 @@ def test_actor_failures_become_rows_not_dropped_batches(tmp_path, job):
     """A network failure fails its batch's films (rows with a reason); a film whose
     decode fails fails alone; finished rows pass through untouched."""
     from legalign.pipeline.api import FilmInfo
-    from legalign.pipeline.engine.local import EngineOptions
+    from legalign.pipeline.coarse_to_fine import ArrayPixels, coarse_input
+    from legalign.pipeline.engine.options import EngineOptions
     from legalign.pipeline.engine.ray_engine import _CoarseActor
     from legalign.pipeline.read import read_radiograph
 
@@ -201,7 +202,8 @@ def test_actor_failures_become_rows_not_dropped_batches(tmp_path, job):
     actor = _CoarseActor(opts, "cpu", 1)
     rad = read_radiograph(films / "f0.dcm")
     info = FilmInfo.from_radiograph(rad)
-    good = {"info": info, "coarse_input": actor.locator.coarse_input(rad), "timings": {}}
+    x = coarse_input(actor.locator, ArrayPixels(rad.pixels))
+    good = {"info": info, "coarse_input": x, "timings": {}}
     finished = {"path": "/x/done.dcm", "status": "done", "state": b"", "record": '{"file": 1}'}
 
     # a wrong-shaped input makes the network fail: every film of the batch is a row

@@ -38,9 +38,10 @@ def test_smoke_training_loss_falls(tmp_path):
     assert ck["config"]["seed"] == cfg.seed and "train_state" not in ck
     loc = Locator.from_checkpoint(tmp_path / "final.pt")
     film = np.random.default_rng(0).random((300, 120), dtype=np.float32)
+    from legalign.pipeline.coarse_to_fine import locate_radiographs
     from legalign.pipeline.radiograph import Radiograph
 
-    assert isinstance(loc.locate(Radiograph(path="r", pixels=film)), list)
+    assert isinstance(locate_radiographs(loc, [Radiograph(path="r", pixels=film)])[0], list)
 
 
 def test_resume_continues_after_interruption(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from legalign.pipeline.coarse_to_fine import locate_radiographs
 from legalign.pipeline.errors import LegalignError
 
 FORMATS = ("torchscript", "onnx")
@@ -265,7 +266,7 @@ def compare_locators(reference, other, radiographs: Sequence[Any]) -> dict[str, 
     n_points = 0
     mismatches: list[str] = []
     for rg in radiographs:
-        a, b = reference.locate(rg), other.locate(rg)
+        a, b = locate_radiographs(reference, [rg])[0], locate_radiographs(other, [rg])[0]
         if len(a) != len(b):
             mismatches.append(f"{rg.path}: {len(a)} vs {len(b)} legs")
             continue

@@ -566,6 +566,7 @@ def _match_legs(pred, gt):
 
 def evaluate_films(locator, films: list[TrainFilm], batch: int = 8) -> dict[str, Any]:
     """Landmark errors (px, and mm where the film has a spacing), HKA errors, side accuracy."""
+    from legalign.pipeline.coarse_to_fine import locate_radiographs
     from legalign.pipeline.landmarks import LANDMARK_NAMES
     from legalign.pipeline.measure import measure_leg
     from legalign.pipeline.radiograph import Radiograph
@@ -583,7 +584,7 @@ def evaluate_films(locator, films: list[TrainFilm], batch: int = 8) -> dict[str,
             for f in chunk
         ]
         t0 = time.perf_counter()
-        preds = locator.locate_batch(rgs)
+        preds = locate_radiographs(locator, rgs)
         t_total += time.perf_counter() - t0
         for f, pred in zip(chunk, preds, strict=True):
             for g, p in _match_legs(pred, f.legs):

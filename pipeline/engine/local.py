@@ -30,422 +30,55 @@ digests that resume needs (8-byte keys).
 
 from __future__ import annotations
 
-import os
+import multiprocessing as mp
 import sys
-import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from legalign.pipeline.engine.inputs import expand_inputs
-from legalign.pipeline.engine.journal import Journal, file_key
+import torch
 
-# Exit codes of `legalign run` (docs/results-schema.md)
-EXIT_OK = 0  # every file succeeded (status ok or partial)
-EXIT_USAGE = 2  # usage or configuration error: nothing was processed
-EXIT_SOME_FAILED = 3  # the run completed; at least one file failed (see its error_reason)
-EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C); re-run the same command to resume
+from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
+from legalign.pipeline.api import load_config, load_locator
+from legalign.pipeline.coarse_to_fine import Film, film_of, locate_films
+from legalign.pipeline.engine.bookkeeping import RunBook
+from legalign.pipeline.engine.options import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    EngineOptions,
+)
+from legalign.pipeline.engine.shared_memory import SharedFilm, release_shared
+from legalign.pipeline.engine.worker import (
+    INIT_ERROR,
+    Prepared,
+    init_pool_worker,
+    pool_finish,
+    pool_full,
+    pool_prepare,
+)
+from legalign.pipeline.errors import FailureReason, LegalignError
+from legalign.pipeline.failures import failure_dict
 
-SUBDIRS = ("images", "overlays", "dicom")
-
-
-@dataclass
-class EngineOptions:
-    out_dir: Path
-    model: str | None = None
-    config: str | None = None
-    workers: int = 2
-    device: str = "cpu"
-    spacing_mm: float | None = None
-    require_spacing: bool = False
-    max_pixels: int = 80_000_000
-    batch_size: int = 8
-    mode: str = "auto"  # "worker", "main" or "auto" (main on cuda, worker on cpu)
-    overlay: bool = True
-    dicom_outputs: bool = True
-    overlay_height: int = 2048
-    retry_failed: bool = False
-    progress: bool = True
-    torch_threads: int | None = None
-    max_in_flight: int | None = None
-    file_timeout_s: float | None = 900.0  # a file still running after this is killed
-    limit: int | None = None  # stop after this many newly processed files (benchmarks)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def resolved_mode(self) -> str:
-        if self.mode != "auto":
-            return self.mode
-        return "main" if str(self.device).startswith("cuda") else "worker"
-
-
-# =============================================================== worker side
-# The state of one worker process (options, geometry config, locator spec, model), set by
-# the pool initialiser here and by the Ray tasks' initialiser (pipeline.engine.ray_engine);
-# each worker process has its own.  The names below are shared with the Ray engine.
-WORKER: dict[str, Any] = {}
-
-
-def limit_threads(n: int) -> None:
-    """Cap the numeric libraries of this worker process at ``n`` threads."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
-    try:
-        import cv2
-
-        cv2.setNumThreads(n)
-    except Exception:  # noqa: BLE001 - cv2 optional here
-        pass
-
-
-def _init_worker(opts: EngineOptions, mode: str, capture: bool = False) -> None:
-    """Worker start-up.  With ``capture`` (the local pool), a failure is not raised (the
-    pool would only see a dead process) but kept: every task answers with it and the main
-    process stops the run (see _InitFailed).  Without, it raises."""
-    WORKER.pop("init_error", None)
-    try:
-        _init_worker_inner(opts, mode)
-    except Exception as exc:  # noqa: BLE001
-        if not capture:
-            raise
-        WORKER["init_error"] = one_line(exc)
-
-
-def _init_failed() -> dict[str, Any] | None:
-    err = WORKER.get("init_error")
-    return None if err is None else {"__init_error__": err}
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_USAGE",
+    "EngineOptions",
+    "LocalEngine",
+    "run_local",
+]
 
 
 class _InitFailed(Exception):
     """A worker process could not start (environment or checkpoint problem)."""
 
 
-def _init_worker_inner(opts: EngineOptions, mode: str) -> None:
-    limit_threads(1)
-    from legalign.pipeline.api import load_config
-
-    WORKER["opts"] = opts
-    WORKER["mode"] = mode
-    WORKER["cfg"] = load_config(opts.config)
-    if mode == "worker":
-        import torch
-
-        torch.set_num_threads(1)
-        from legalign.pipeline.api import load_locator
-
-        WORKER["locator"] = load_locator(opts.model, device="cpu")
-    else:
-        from legalign.models.checkpoint import load_checkpoint
-        from legalign.models.spec import LocatorSpec
-
-        WORKER["spec"] = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])
-
-
-def read_input(path: str) -> Any:
-    """Read one input file with this worker's options (spacing override, size limit)."""
-    from legalign.pipeline.errors import InputError
-    from legalign.pipeline.read import read_radiograph
-
-    opts: EngineOptions = WORKER["opts"]
-    rad = read_radiograph(path, spacing_override_mm=opts.spacing_mm, max_pixels=opts.max_pixels)
-    if opts.require_spacing and rad.spacing_mm is None:
-        err = InputError(f"{path}: no pixel spacing (mm outputs were asked: --require-spacing)")
-        err.reason = "no_spacing"  # type: ignore[attr-defined]
-        raise err
-    return rad
-
-
-def header_only(rad: Any) -> Any:
-    """The DICOM header of ``rad`` without its pixel data (cheap to send between processes)."""
-    header = getattr(rad, "header", None)
-    if header is not None and "PixelData" in header:
-        header = header.copy()
-        del header.PixelData
-    return header
-
-
-def failure_dict(path: str, exc: BaseException | str, reason: str | None = None) -> dict[str, Any]:
-    """The result row of a file that failed."""
-    from legalign.pipeline.api import failed_result
-
-    return failed_result(path, exc, reason).to_dict()
-
-
-def task_full(path: str) -> dict[str, Any]:
-    """Mode "worker": everything for one file; returns its result dict (outputs written)."""
-    from legalign.pipeline.api import FilmInfo, result_from_legs
-    from legalign.pipeline.outputs.overlay import thumbnail
-
-    if _init_failed():
-        return _init_failed()  # type: ignore[return-value]
-    opts: EngineOptions = WORKER["opts"]
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    try:
-        rad = read_input(path)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
-        d = failure_dict(path, exc)
-        d["timings_s"] = {"read": round(time.perf_counter() - t0, 4)}
-        return finish_outputs(d, None, None, opts)
-    t1 = time.perf_counter()
-    timings["read"] = t1 - t0
-    try:
-        thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
-        locator = WORKER["locator"]
-        legs = locator.locate(rad)
-        t2 = time.perf_counter()
-        timings["locate"] = t2 - t1
-        info = FilmInfo.from_radiograph(rad)
-        header = header_only(rad)
-        del rad
-        result = result_from_legs(
-            info, legs, WORKER["cfg"], model_name=_model_name(opts), timings_s=timings
-        )
-        result.timings_s["measure"] = time.perf_counter() - t2
-        d = result.to_dict()
-    except Exception as exc:  # noqa: BLE001
-        d = failure_dict(path, exc, "internal_error")
-        d["traceback_tail"] = traceback.format_exc(limit=-3)[-2000:]
-        return finish_outputs(d, None, None, opts)
-    return finish_outputs(d, header, thumb, opts)
-
-
-def _model_name(opts: EngineOptions) -> str:
-    return os.path.basename(opts.model) if opts.model else "default"
-
-
-@dataclass
-class Prepared:
-    """Mode "main": what a worker hands to the main process for one film."""
-
-    path: str
-    info: Any  # FilmInfo
-    header: Any
-    thumb: Any
-    coarse: Any  # float32 (1, Hc, Wc)
-    shm_name: str
-    shape: tuple[int, int]
-    timings: dict[str, float]
-
-
-def task_prepare(path: str) -> Prepared | dict[str, Any]:
-    """Mode "main": read, normalise, coarse input, thumbnail; the film goes to shared memory."""
-    import numpy as np
-
-    from legalign.pipeline.api import FilmInfo
-    from legalign.pipeline.outputs.overlay import thumbnail
-
-    if _init_failed():
-        return _init_failed()  # type: ignore[return-value]
-    opts: EngineOptions = WORKER["opts"]
-    t0 = time.perf_counter()
-    try:
-        rad = read_input(path)
-    except Exception as exc:  # noqa: BLE001
-        d = failure_dict(path, exc)
-        d["timings_s"] = {"read": round(time.perf_counter() - t0, 4)}
-        return finish_outputs(d, None, None, opts)
-    t1 = time.perf_counter()
-    try:
-        helper = SpecOnly(WORKER["spec"])
-        coarse = helper.coarse_input(rad)
-        thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
-        name = _to_shared(np.ascontiguousarray(rad.pixels, dtype=np.float32))
-        prepared = Prepared(
-            path=path,
-            info=FilmInfo.from_radiograph(rad),
-            header=header_only(rad),
-            thumb=thumb,
-            coarse=coarse,
-            shm_name=name,
-            shape=(rad.height, rad.width),
-            timings={"read": t1 - t0, "prepare": time.perf_counter() - t1},
-        )
-        return prepared
-    except Exception as exc:  # noqa: BLE001
-        d = failure_dict(path, exc, "internal_error")
-        return finish_outputs(d, None, None, opts)
-
-
-def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict[str, Any]:
-    """Mode "main": measure, plan and write the outputs of one located film."""
-    from legalign.pipeline.api import result_from_legs
-
-    if _init_failed():
-        return _init_failed()  # type: ignore[return-value]
-    opts: EngineOptions = WORKER["opts"]
-    t0 = time.perf_counter()
-    try:
-        result = result_from_legs(
-            p.info, legs, WORKER["cfg"], model_name=_model_name(opts), timings_s=timings
-        )
-        result.timings_s["measure"] = time.perf_counter() - t0
-        d = result.to_dict()
-    except Exception as exc:  # noqa: BLE001
-        d = failure_dict(p.path, exc, "internal_error")
-        return finish_outputs(d, None, None, opts)
-    return finish_outputs(d, p.header, p.thumb, opts)
-
-
-def finish_outputs(
-    d: dict[str, Any], header: Any, thumb: Any, opts: EngineOptions
-) -> dict[str, Any]:
-    """Write overlay, SR, SC (each failure recorded, not fatal), then the JSON last."""
-    from legalign.pipeline.outputs.image_json import (
-        atomic_write_bytes,
-        output_stem,
-        safe_join,
-        write_image_json,
-    )
-
-    out = Path(opts.out_dir)
-    stem = output_stem(d["file"])
-    outputs: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    t0 = time.perf_counter()
-    rgb = None
-    if opts.overlay and thumb is not None:
-        try:
-            from legalign.pipeline.outputs.overlay import encode_png, render_overlay
-
-            rgb = render_overlay(d, thumb)
-            target = safe_join(out, "overlays", f"{stem}.png")
-            atomic_write_bytes(target, encode_png(rgb))
-            outputs["overlay"] = f"overlays/{stem}.png"
-        except Exception as exc:  # noqa: BLE001
-            errors["overlay"] = one_line(exc)
-    if opts.dicom_outputs and header is not None and d.get("status") != "failed":
-        from legalign.pipeline.outputs.dicom_sc import build_sc
-        from legalign.pipeline.outputs.dicom_sr import build_sr
-
-        # deterministic UIDs per (source SOP instance, kind): a re-run replaces, not adds
-        src_uid = str(getattr(header, "SOPInstanceUID", d["file"]))
-        derived = [("sr", lambda **uids: build_sr(d, header, **uids))]
-        if rgb is not None:
-            derived.append(("sc", lambda **uids: build_sc(rgb, header, **uids)))
-        for kind, build in derived:
-            try:
-                ds = build(
-                    series_instance_uid=_uid(src_uid, f"{kind}-series"),
-                    sop_instance_uid=_uid(src_uid, kind),
-                )
-                _save_dataset(ds, safe_join(out, "dicom", f"{stem}_{kind}.dcm"))
-                outputs[kind] = f"dicom/{stem}_{kind}.dcm"
-            except Exception as exc:  # noqa: BLE001
-                errors[kind] = one_line(exc)
-    outputs["json"] = f"images/{stem}.json"
-    d["outputs"] = outputs
-    if errors:
-        d["output_errors"] = errors
-    d.setdefault("timings_s", {})["write"] = round(time.perf_counter() - t0, 4)
-    write_image_json(d, safe_join(out, "images", f"{stem}.json"))
-    return d
-
-
-def _uid(src_uid: str, kind: str) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(entropy_srcs=["legalign", src_uid, kind])
-
-
-def _save_dataset(ds: Any, target: Path) -> None:
-    import io
-
-    from legalign.pipeline.outputs.image_json import atomic_write_bytes
-
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    atomic_write_bytes(target, buf.getvalue())
-
-
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (at most 300 characters), for result rows."""
-    s = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {s[0] if s else ''}"[:300]
-
-
-# ----------------------------------------------------------- shared memory
-def _to_shared(arr: Any) -> str:
-    from multiprocessing import resource_tracker, shared_memory
-
-    shm = shared_memory.SharedMemory(create=True, size=max(1, arr.nbytes))
-    try:
-        import numpy as np
-
-        view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=shm.buf)
-        view[...] = arr
-        del view
-        name = shm.name
-    finally:
-        shm.close()
-    # the main process owns it from here (it unlinks it after cutting the crops)
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        pass
-    return name
-
-
-class _Shared:
-    """A film in shared memory, attached in the main process; unlinked on release."""
-
-    def __init__(self, name: str, shape: tuple[int, int]) -> None:
-        from multiprocessing import shared_memory
-
-        import numpy as np
-
-        self.shm = shared_memory.SharedMemory(name=name)
-        self.array = np.ndarray(shape, dtype=np.float32, buffer=self.shm.buf)
-
-    def release(self) -> None:
-        self.array = None
-        try:
-            self.shm.close()
-        finally:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
-
-
-def _release_shared(name: str) -> None:
-    from multiprocessing import shared_memory
-
-    try:
-        shm = shared_memory.SharedMemory(name=name)
-    except FileNotFoundError:
-        return
-    shm.close()
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        pass
-
-
-class SpecOnly:
-    """The locator's geometric helpers without its networks (usable in a worker):
-    ``coarse_input``, ``coarse_matrix``, ``crop_matrices``, ``fine_inputs`` only read
-    ``self.spec``."""
-
-    def __init__(self, spec: Any) -> None:
-        from legalign.pipeline.locate import Locator
-
-        self.spec = spec
-        self._cls = Locator
-
-    def coarse_matrix(self, height: int, width: int) -> Any:
-        return self._cls.coarse_matrix(self, height, width)  # type: ignore[arg-type]
-
-    def coarse_input(self, rad: Any) -> Any:
-        return self._cls.coarse_input(self, rad)  # type: ignore[arg-type]
-
-
-# =============================================================== main side
 @dataclass
 class _Item:
     path: str
@@ -454,76 +87,52 @@ class _Item:
 
 
 class LocalEngine:
-    def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
-        from legalign.pipeline.outputs.summary import RunSummary
+    """Worker processes on this machine (mode "worker": everything per file in the
+    workers; mode "main": the networks batched in this process)."""
 
-        self.inputs = list(inputs)
+    def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
         self.opts = opts
         self.mode = opts.resolved_mode()
-        self.out = Path(opts.out_dir)
-        self.journal = Journal(self.out)
-        self.summary = RunSummary()
+        self.book = RunBook(inputs, opts)
         self.in_flight: dict[Future, tuple[str, Any]] = {}
         self.running_since: dict[Future, float] = {}
         self.quarantine: deque[_Item] = deque()
         self.ready: list[tuple[_Item, Prepared]] = []
         self.locator: Any = None
-        self.bar: Any = None
-        self.processed = 0
-        self.failed_this_run = 0
 
-    # ------------------------------------------------------------ setup
-    def _prepare_out(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for sub in SUBDIRS:
-            (self.out / sub).mkdir(exist_ok=True)
-        # temporary files of a killed run (atomic writes never completed)
-        for folder in (self.out, *(self.out / s for s in SUBDIRS)):
-            for entry in os.scandir(folder):
-                if entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file():
-                    os.unlink(entry.path)
-        self.journal.repair()
+    @property
+    def summary(self) -> Any:
+        return self.book.summary
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        import multiprocessing as mp
-
         ctx = mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
         return ProcessPoolExecutor(
             max_workers=max(1, self.opts.workers),
             mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(self.opts, self.mode, True),
+            initializer=init_pool_worker,
+            initargs=(self.opts, self.mode),
         )
 
     # ------------------------------------------------------------ run
     def run(self) -> int:
-        from legalign.pipeline.api import load_config
-
-        opts = self.opts
+        opts, book = self.opts, self.book
         load_config(opts.config)  # a bad config is a usage error before any work
-        self._prepare_out()
-        done = self.journal.done_keys(include_failed=not opts.retry_failed)
+        done = book.prepare_out()
         if self.mode == "main":
-            import torch
-
-            from legalign.pipeline.api import load_locator
-
             if opts.torch_threads:
                 torch.set_num_threads(opts.torch_threads)
             self.locator = load_locator(opts.model, device=opts.device)
         else:
-            from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
-
             # a missing or unusable checkpoint is a usage error, up front
             nets_from_checkpoint(load_checkpoint(opts.model))
         start = time.perf_counter()
-        self._start_progress(len(done))
+        book.start_progress(len(done))
         # files between the input generator and the journal; in mode "main" the decoded
         # films waiting for the networks (shared memory) are bounded separately
         max_in_flight = opts.max_in_flight or max(4, 3 * opts.workers + 2 * opts.batch_size)
         max_films = opts.batch_size + 2 * opts.workers
         pool = self._new_pool()
-        gen = self._unfinished_inputs(done)
+        gen = book.unfinished_inputs(done)
         exhausted = False
         interrupted = False
         fatal: str | None = None
@@ -538,7 +147,7 @@ class LocalEngine:
                 ):
                     if (
                         opts.limit is not None
-                        and self.processed + len(self.in_flight) + len(self.ready) >= opts.limit
+                        and book.processed + len(self.in_flight) + len(self.ready) >= opts.limit
                     ):
                         exhausted = True
                         break
@@ -580,9 +189,11 @@ class LocalEngine:
                         self._suspect(kind, payload)
                         continue
                     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                        self._record(failure_dict(_item_path(payload), exc, "internal_error"))
+                        book.record(
+                            failure_dict(_item_path(payload), exc, FailureReason.INTERNAL_ERROR)
+                        )
                         continue
-                    self._handle(pool, kind, payload, res)
+                    self._handle(kind, payload, res)
                 if not broken and self._timed_out(pool):
                     broken = True
                 if broken:
@@ -599,20 +210,14 @@ class LocalEngine:
         finally:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
             for _, p in self.ready:
-                _release_shared(p.shm_name)
-            self.journal.close()
-            if self.bar is not None:
-                self.bar.close()
-        self.summary.elapsed_s = time.perf_counter() - start
-        self.summary.processed_this_run = self.processed
-        self._write_results()
+                if p.shm_name:
+                    release_shared(p.shm_name)
+            book.close(time.perf_counter() - start)
         if fatal is not None:
-            from legalign.pipeline.errors import LegalignError
-
             raise LegalignError(f"worker processes cannot start: {fatal}")
         if interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+        return EXIT_SOME_FAILED if book.summary.files_failed else EXIT_OK
 
     def _timed_out(self, pool: ProcessPoolExecutor) -> bool:
         """Record files running longer than file_timeout_s as failed ("timeout") and kill
@@ -632,11 +237,11 @@ class LocalEngine:
         for fut in late:
             kind, payload = self.in_flight.pop(fut)
             self.running_since.pop(fut, None)
-            self._record(
+            self.book.record(
                 failure_dict(
                     _item_path(payload),
                     f"{_item_path(payload)}: still running after {limit:g} s (--file-timeout); killed",
-                    "timeout",
+                    FailureReason.TIMEOUT,
                 )
             )
         for proc in list(getattr(pool, "_processes", {}).values()):
@@ -655,7 +260,7 @@ class LocalEngine:
         return not self.quarantine
 
     def _submit(self, pool: ProcessPoolExecutor, item: _Item) -> None:
-        fn = task_full if self.mode == "worker" else task_prepare
+        fn = pool_full if self.mode == "worker" else pool_prepare
         kind = "full" if self.mode == "worker" else "prepare"
         self.in_flight[pool.submit(fn, item.path)] = (kind, item)
 
@@ -665,170 +270,53 @@ class LocalEngine:
         item: _Item = payload if kind in ("full", "prepare") else payload[0]
         item.attempts += 1
         if item.attempts >= 2:
-            self._record(
+            self.book.record(
                 failure_dict(
                     item.path,
                     "worker process died while processing this file (decoder crash or out of memory)",
-                    "worker_crashed",
+                    FailureReason.WORKER_CRASHED,
                 )
             )
         else:
             self.quarantine.append(item)
 
-    def _handle(self, pool: ProcessPoolExecutor, kind: str, payload: Any, res: Any) -> None:
-        if isinstance(res, dict) and "__init_error__" in res:
-            raise _InitFailed(res["__init_error__"])
+    def _handle(self, kind: str, payload: Any, res: Any) -> None:
+        if isinstance(res, dict) and INIT_ERROR in res:
+            raise _InitFailed(res[INIT_ERROR])
         if kind == "prepare" and isinstance(res, Prepared):
             self.ready.append((payload, res))
             return
-        self._record(res)
+        self.book.record(res)
 
     def _infer_ready(self, pool: ProcessPoolExecutor) -> None:
-        """Mode "main": both networks batched over the ready films."""
-        import numpy as np
-
+        """Mode "main": the coarse-to-fine stage batched over the ready films."""
         batch, self.ready = self.ready[: self.opts.batch_size], self.ready[self.opts.batch_size :]
-        loc = self.locator
         t0 = time.perf_counter()
-        shared = [_Shared(p.shm_name, p.shape) for _, p in batch]
+        shared = [SharedFilm(p.shm_name or "", p.shape) for _, p in batch]
         try:
-            rads = [_radiograph_view(p, s.array) for (_, p), s in zip(batch, shared, strict=True)]
-            heat = loc.predict_coarse(np.stack([p.coarse for _, p in batch]))
-            coarse = [loc.decode_coarse(heat[i], rg) for i, rg in enumerate(rads)]
-            legs_all = None
-            for it in range(loc.spec.fine_iterations):
-                inputs = [loc.fine_inputs(rg, c) for rg, c in zip(rads, coarse, strict=True)]
-                counts = [len(fi.items) for fi in inputs]
-                fheat = loc.predict_fine(np.concatenate([fi.crops for fi in inputs], axis=0))
-                per = (
-                    np.split(fheat, np.cumsum(counts)[:-1]) if len(fheat) else [fheat] * len(inputs)
-                )
-                if it + 1 < loc.spec.fine_iterations:
-                    coarse = [
-                        loc._recentre(c, fi, fh)
-                        for c, fi, fh in zip(coarse, inputs, per, strict=True)
-                    ]
-                else:
-                    legs_all = [
-                        loc.decode_fine(c, fi, fh)
-                        for c, fi, fh in zip(coarse, inputs, per, strict=True)
-                    ]
+            films: list[Film] = [
+                film_of(p.info, s.array) for (_, p), s in zip(batch, shared, strict=True)
+            ]
+            legs_all = locate_films(self.locator, films, coarse_inputs=[p.coarse for _, p in batch])
         except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
             for s in shared:
                 s.release()
             for item, p in batch:
                 p.header = p.thumb = None
-                self._record(failure_dict(item.path, exc, "internal_error"))
+                self.book.record(failure_dict(item.path, exc, FailureReason.INTERNAL_ERROR))
             return
         for s in shared:
             s.release()
         dt = (time.perf_counter() - t0) / max(1, len(batch))
-        for (item, p), legs in zip(batch, legs_all or [], strict=True):
+        for (item, p), legs in zip(batch, legs_all, strict=True):
             timings = dict(p.timings)
             timings["locate"] = dt
-            fut = pool.submit(task_finish, _strip(p), legs, timings)
+            fut = pool.submit(pool_finish, p.stripped(), legs, timings)
             self.in_flight[fut] = ("finish", (item, p))
-
-    # ------------------------------------------------------------ results
-    def _record(self, d: dict[str, Any]) -> None:
-        """Journal one finished file (durable), then count it."""
-        from legalign.pipeline.outputs.image_json import dumps
-
-        self.journal.append(d, dumps(d, indent=None))
-        self.processed += 1
-        for stage, secs in (d.get("timings_s") or {}).items():
-            self.summary.add_timing(stage, secs)
-        if d.get("status") == "failed":
-            self.failed_this_run += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            if self.failed_this_run:
-                self.bar.set_postfix(failed=self.failed_this_run, refresh=False)
-
-    def _write_results(self) -> None:
-        import json
-
-        from legalign.pipeline.outputs.image_json import atomic_write_bytes
-        from legalign.pipeline.outputs.table import write_tables
-
-        stats = self.summary
-
-        def counted():
-            for rec in self.journal.latest_records():
-                stats.add_result(rec)
-                yield rec
-
-        stats.rows = write_tables(counted(), self.out)
-        atomic_write_bytes(
-            self.out / "summary.json",
-            (json.dumps(stats.to_dict(), indent=2) + "\n").encode("utf-8"),
-        )
-
-    # ------------------------------------------------------------ progress
-    def _unfinished_inputs(self, done: set[int]) -> Iterator[tuple[str, int]]:
-        """(path, key) of each input not finished yet, once each; counts what it skips."""
-        seen: set[int] = set()
-        for path in expand_inputs(self.inputs, exclude=[self.out]):
-            key = file_key(path)
-            if key in done:
-                self.summary.skipped_done += 1
-                continue
-            if key in seen:
-                self.summary.skipped_duplicate += 1
-                continue
-            seen.add(key)
-            yield path, key
-
-    def _start_progress(self, n_done: int) -> None:
-        if not self.opts.progress:
-            return
-        from tqdm import tqdm
-
-        tty = sys.stderr.isatty()
-        self.bar = tqdm(
-            total=None,
-            unit="film",
-            desc="legalign run",
-            dynamic_ncols=True,
-            file=sys.stderr,
-            mininterval=0.5 if tty else 30.0,
-        )
-        bar, inputs, out = self.bar, self.inputs, self.out
-
-        def count() -> None:
-            # total for the ETA: a second lazy walk that only counts (no listing kept)
-            try:
-                n = sum(1 for _ in expand_inputs(inputs, exclude=[out]))
-                bar.total = max(0, n - n_done)
-                bar.refresh()
-            except Exception:  # noqa: BLE001 - the ETA is a nicety
-                pass
-
-        threading.Thread(target=count, daemon=True).start()
 
 
 def _item_path(payload: Any) -> str:
     return payload.path if isinstance(payload, _Item) else payload[0].path
-
-
-def _strip(p: Prepared) -> Prepared:
-    """What task_finish needs (no coarse array, no shared memory)."""
-    return Prepared(p.path, p.info, p.header, p.thumb, None, "", p.shape, p.timings)
-
-
-def _radiograph_view(p: Prepared, pixels: Any) -> Any:
-    from legalign.pipeline.radiograph import Radiograph
-
-    i = p.info
-    return Radiograph(
-        path=i.path,
-        pixels=pixels,
-        spacing_mm=i.spacing_mm,
-        spacing_source=i.spacing_source,
-        mirrored=i.mirrored,
-        laterality=i.laterality,
-        modality=i.modality,
-    )
 
 
 def run_local(inputs: list[str], opts: EngineOptions) -> tuple[int, Any]:

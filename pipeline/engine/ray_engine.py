@@ -11,10 +11,12 @@ Ray Data is an optional extra (``pip install -e ".[ray]"``).  Data flow::
       5. CPU task   measure + plan + outputs (JSON, overlay, SR, SC) (_stage_finish)
     driver: iter_rows -> journal (fsync'd) per file -> results table + summary
 
-The per-file work is the local engine's own code (``pipeline.engine.local``: ``read_input``,
-``SpecOnly``, ``task_finish``, ``finish_outputs``, ``failure_dict``) and the locator's
-stage functions (``pipeline.locate.Locator``); the driver is a ``LocalEngine`` whose
-``run`` streams from Ray instead of a process pool (same journal, resume, table, summary).
+The per-file work is the local engine's own (``pipeline.engine.worker.WorkerContext``:
+``read``, ``finish``; ``pipeline.engine.write.finish_outputs``), the locating is the one
+coarse-to-fine stage (``pipeline.coarse_to_fine``: ``coarse_input``, ``coarse_heatmaps``,
+``fine_inputs``, ``fine_heatmaps``, ``next_legs``, run as separate dataset stages in the
+order ``locate_films`` runs them), and the driver keeps the same books as the local
+engine (``pipeline.engine.bookkeeping.RunBook``: journal, resume, table, summary).
 
 Only small arrays cross stages: the coarse input (a few hundred kB), the fine crops, the
 reduced uint8 thumbnail, the DICOM header without pixel data, landmark lists.  The film
@@ -34,31 +36,57 @@ after its outputs are written, so a re-run skips it (exactly as the local engine
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
+import re
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from legalign.pipeline.engine import local
+import numpy as np
+import torch
+
+from legalign.models.checkpoint import load_checkpoint
+from legalign.models.spec import LocatorSpec
+from legalign.pipeline.api import load_config, load_locator
+from legalign.pipeline.coarse_to_fine import (
+    ArrayPixels,
+    coarse_heatmaps,
+    coarse_input,
+    fine_heatmaps,
+    fine_inputs,
+    next_legs,
+)
+from legalign.pipeline.engine.bookkeeping import RunBook
 from legalign.pipeline.engine.journal import file_key
-from legalign.pipeline.engine.local import (
+from legalign.pipeline.engine.options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EngineOptions,
-    LocalEngine,
 )
-from legalign.pipeline.errors import LegalignError
+from legalign.pipeline.engine.worker import Prepared, WorkerContext, fail_and_write, header_only
+from legalign.pipeline.errors import FailureReason, LegalignError
+from legalign.pipeline.failures import one_line
+from legalign.pipeline.outputs.image_json import dumps
+from legalign.pipeline.results import FilmInfo
 
 INSTALL_HINT = 'the Ray engine needs Ray Data: pip install -e ".[ray]"'
 
 # Ray failed under the run (a node or the driver's connection lost, a task failing
 # after Ray's retries): results so far are written; re-running resumes (docs/ray.md)
 EXIT_RAY_STOPPED = 1
+
+
+class RayStoppedError(LegalignError):
+    """Ray failed under the run; the files finished so far are journalled."""
+
+    exit_code = EXIT_RAY_STOPPED
+
 
 PENDING = "pending"
 DONE = "done"
@@ -87,17 +115,20 @@ def require_ray() -> Any:
 
 
 # =============================================================== worker side
-def _ensure(opts: EngineOptions, run_id: str, spec: Any) -> None:
-    """Initialise this Ray worker process for this run: what the local engine's
-    ``_init_worker(opts, "main")`` sets, with the locator spec shipped from the driver
-    instead of every CPU worker loading the whole checkpoint to read it."""
-    if local.WORKER.get("ray_run") == run_id:
-        return
-    from legalign.pipeline.api import load_config
+# This Ray worker process's context for the current run (one per process; a new run id
+# replaces it).
+_CONTEXT: dict[str, WorkerContext] = {}
 
-    local.limit_threads(1)
-    local.WORKER.update(opts=opts, mode="main", cfg=load_config(opts.config), spec=spec)
-    local.WORKER["ray_run"] = run_id
+
+def _context(opts: EngineOptions, run_id: str, spec: LocatorSpec) -> WorkerContext:
+    """This Ray worker process's context for this run: the local engine's mode "main"
+    context, with the locator spec shipped from the driver instead of every CPU worker
+    loading the whole checkpoint to read it."""
+    ctx = _CONTEXT.get(run_id)
+    if ctx is None:
+        _CONTEXT.clear()
+        ctx = _CONTEXT[run_id] = WorkerContext.create(opts, networks=False, spec=spec)
+    return ctx
 
 
 def _pack(obj: Any) -> bytes:
@@ -105,8 +136,6 @@ def _pack(obj: Any) -> bytes:
 
 
 def _done(path: str, d: dict[str, Any]) -> dict[str, Any]:
-    from legalign.pipeline.outputs.image_json import dumps
-
     return {"path": path, "status": DONE, "state": b"", "record": dumps(d, indent=None)}
 
 
@@ -114,129 +143,104 @@ def _pending(path: str, state: dict[str, Any]) -> dict[str, Any]:
     return {"path": path, "status": PENDING, "state": _pack(state), "record": ""}
 
 
-def _fail(path: str, exc: BaseException | str, reason: str | None, opts: EngineOptions, **kw):
+def _fail(
+    path: str,
+    exc: BaseException | str,
+    reason: FailureReason | None,
+    opts: EngineOptions,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """A finished row for a failed file (its JSON written, as the local engine does)."""
-    d = local.failure_dict(path, exc, reason)
-    if isinstance(exc, BaseException) and reason == "internal_error":
-        d["traceback_tail"] = "".join(traceback.format_exception(exc, limit=-3))[-2000:]
-    if kw.get("timings"):
-        d["timings_s"] = {k: round(v, 4) for k, v in kw["timings"].items()}
-    return _done(path, local.finish_outputs(d, None, None, opts))
-
-
-class _Geometry(local.SpecOnly):
-    """The locator's crop geometry without its networks (reads only ``self.spec``)."""
-
-    def crop_matrices(self, leg: Any) -> Any:
-        return self._cls.crop_matrices(self, leg)  # type: ignore[arg-type]
-
-    def fine_inputs(self, rad: Any, coarse: Any) -> Any:
-        return self._cls.fine_inputs(self, rad, coarse)  # type: ignore[arg-type]
+    return _done(path, fail_and_write(path, exc, opts, reason, timings))
 
 
 def _stage_prepare(
-    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: LocatorSpec
 ) -> dict[str, Any]:
     """CPU task: read and normalise the film, cut the coarse network input and the
     overlay thumbnail (reduced uint8)."""
-    from legalign.pipeline.api import FilmInfo
-    from legalign.pipeline.outputs.overlay import thumbnail
-
-    _ensure(opts, run_id, spec)
+    ctx = _context(opts, run_id, spec)
     path = str(row["path"])
     t0 = time.perf_counter()
     try:
-        rad = local.read_input(path)
+        rad = ctx.read(path)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
         return _fail(path, exc, None, opts, timings={"read": time.perf_counter() - t0})
     t1 = time.perf_counter()
     try:
         state = {
             "info": FilmInfo.from_radiograph(rad),
-            "header": local.header_only(rad),
-            "coarse_input": local.SpecOnly(local.WORKER["spec"]).coarse_input(rad),
-            "thumb": thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None,
+            "header": header_only(rad),
+            "coarse_input": coarse_input(ctx.geometry, ArrayPixels(rad.pixels)),
+            "thumb": ctx.thumbnail(rad),
             "shape": (rad.height, rad.width),
         }
         state["timings"] = {"read": t1 - t0, "prepare": time.perf_counter() - t1}
         return _pending(path, state)
     except Exception as exc:  # noqa: BLE001
-        return _fail(path, exc, "internal_error", opts)
+        return _fail(path, exc, FailureReason.INTERNAL_ERROR, opts)
 
 
 def _stage_crops(
-    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: LocatorSpec
 ) -> dict[str, Any]:
     """CPU task: decode the film again and cut the fine crops around the coarse legs
     (a film without legs needs no crops: it is not decoded again)."""
     if row["status"] != PENDING:
         return row
-    _ensure(opts, run_id, spec)
+    ctx = _context(opts, run_id, spec)
     path = str(row["path"])
     state = pickle.loads(row["state"])
     timings = state["timings"]
-    rad = None
+    pixels = None
     if state["coarse"].legs:
         t0 = time.perf_counter()
         try:
-            rad = local.read_input(path)
+            pixels = ArrayPixels(ctx.read(path).pixels)
         except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
             return _fail(path, exc, None, opts)
         timings["reread"] = timings.get("reread", 0.0) + (time.perf_counter() - t0)
     t1 = time.perf_counter()
     try:
-        state["fine"] = _Geometry(local.WORKER["spec"]).fine_inputs(rad, state["coarse"])
+        state["fine"] = fine_inputs(ctx.geometry, pixels, state["coarse"])
         timings["crop"] = timings.get("crop", 0.0) + (time.perf_counter() - t1)
         return _pending(path, state)
     except Exception as exc:  # noqa: BLE001
-        return _fail(path, exc, "internal_error", opts)
+        return _fail(path, exc, FailureReason.INTERNAL_ERROR, opts)
 
 
 def _stage_finish(
-    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
+    row: dict[str, Any], opts: EngineOptions, run_id: str, spec: LocatorSpec
 ) -> dict[str, Any]:
-    """CPU task: measurements, plan and outputs through the local engine's task_finish."""
+    """CPU task: measurements, plan and outputs (the local engine's ``finish``)."""
     if row["status"] != PENDING:
         return row
-    _ensure(opts, run_id, spec)
+    ctx = _context(opts, run_id, spec)
     path = str(row["path"])
     try:
         s = pickle.loads(row["state"])
-        p = local.Prepared(
-            path, s["info"], s["header"], s.get("thumb"), None, "", s["shape"], s["timings"]
+        p = Prepared(
+            path, s["info"], s["header"], s.get("thumb"), None, None, s["shape"], s["timings"]
         )
-        return _done(path, local.task_finish(p, s["legs"], s["timings"]))
+        return _done(path, ctx.finish(p, s["legs"], s["timings"]))
     except Exception as exc:  # noqa: BLE001
-        return _fail(path, exc, "internal_error", opts)
-
-
-class _FilmShape:
-    """What ``Locator.decode_coarse`` reads from a radiograph: size, mirrored, laterality."""
-
-    def __init__(self, info: Any) -> None:
-        self.height = int(info.height)
-        self.width = int(info.width)
-        self.mirrored = info.mirrored
-        self.laterality = info.laterality
+        return _fail(path, exc, FailureReason.INTERNAL_ERROR, opts)
 
 
 class _Actor:
     """Holds the locator (both networks) on this actor's device."""
 
     def __init__(self, opts: EngineOptions, device: str, threads: int) -> None:
-        import torch
-
-        from legalign.pipeline.api import load_locator
-
         self.opts = opts
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.locator = load_locator(opts.model, device=device)
+        # On CPU one network pass per film, as the local engine's CPU mode runs them,
+        # because a CPU convolution's last bits depend on the batch it is in (identical
+        # rows); on a GPU one pass for the whole batch.
         self.per_film = device == "cpu"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
-
         rows = [
             {k: batch[k][i] for k in ("path", "status", "state", "record")}
             for i in range(len(batch["path"]))
@@ -248,13 +252,15 @@ class _Actor:
                 results = self.infer([s for _, s in todo])
             except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
                 for i, _ in todo:
-                    rows[i] = _fail(str(rows[i]["path"]), exc, "internal_error", self.opts)
+                    rows[i] = _fail(
+                        str(rows[i]["path"]), exc, FailureReason.INTERNAL_ERROR, self.opts
+                    )
             else:
                 dt = (time.perf_counter() - t0) / len(todo)
                 for (i, state), res in zip(todo, results, strict=True):
                     path = str(rows[i]["path"])
                     if isinstance(res, BaseException):
-                        rows[i] = _fail(path, res, "internal_error", self.opts)
+                        rows[i] = _fail(path, res, FailureReason.INTERNAL_ERROR, self.opts)
                         continue
                     state["timings"]["locate"] = state["timings"].get("locate", 0.0) + dt
                     rows[i] = _pending(path, state)
@@ -262,17 +268,6 @@ class _Actor:
             k: np.array([r[k] for r in rows], dtype=object)
             for k in ("path", "status", "state", "record")
         }
-
-    def forward(self, predict: Any, per_film: list[Any]) -> Any:
-        """One network over a batch's films: one forward pass for the whole batch on a
-        GPU; on CPU one pass per film, as the local engine's CPU mode runs them, because
-        a CPU convolution's last bits depend on the batch it is in (identical rows)."""
-        import numpy as np
-
-        if not self.per_film:
-            return predict(np.concatenate(per_film, axis=0))
-        outs = [predict(x) for x in per_film if len(x)]
-        return np.concatenate(outs, axis=0) if outs else predict(per_film[0][:0])
 
     def infer(self, states: list[dict[str, Any]]) -> list[Any]:  # pragma: no cover
         raise NotImplementedError
@@ -283,11 +278,12 @@ class _CoarseActor(_Actor):
 
     def infer(self, states: list[dict[str, Any]]) -> list[Any]:
         loc = self.locator
-        heat = self.forward(loc.predict_coarse, [s.pop("coarse_input")[None] for s in states])
+        inputs = [s.pop("coarse_input") for s in states]
+        heat = coarse_heatmaps(loc, inputs, per_film=self.per_film)
         out: list[Any] = []
-        for i, s in enumerate(states):
+        for s, h in zip(states, heat, strict=True):
             try:
-                s["coarse"] = loc.decode_coarse(heat[i], _FilmShape(s["info"]))
+                s["coarse"] = loc.decode_coarse(h, s["info"])
                 out.append(s)
             except Exception as exc:  # noqa: BLE001 - this film only
                 out.append(exc)
@@ -303,20 +299,14 @@ class _FineActor(_Actor):
         self.last = last
 
     def infer(self, states: list[dict[str, Any]]) -> list[Any]:
-        import numpy as np
-
         loc = self.locator
         inputs = [s.pop("fine") for s in states]
-        counts = [len(fi.items) for fi in inputs]
-        fheat = self.forward(loc.predict_fine, [fi.crops for fi in inputs])
-        per = np.split(fheat, np.cumsum(counts)[:-1]) if len(fheat) else [fheat] * len(inputs)
+        fheat = fine_heatmaps(loc, inputs, per_film=self.per_film)
         out: list[Any] = []
-        for s, fi, fh in zip(states, inputs, per, strict=True):
+        for s, fi, fh in zip(states, inputs, fheat, strict=True):
             try:
-                if self.last:
-                    s["legs"] = loc.decode_fine(s.pop("coarse"), fi, fh)
-                else:
-                    s["coarse"] = loc._recentre(s["coarse"], fi, fh)
+                legs = next_legs(loc, s.pop("coarse"), fi, fh, last=self.last)
+                s["legs" if self.last else "coarse"] = legs
                 out.append(s)
             except Exception as exc:  # noqa: BLE001 - this film only
                 out.append(exc)
@@ -364,17 +354,23 @@ def _layout(ray: Any, opts: EngineOptions, ropts: RayOptions, n_stages: int) -> 
     return _Layout(actors, 0.0, actor_cpus, "cpu", threads)
 
 
-class RayEngine(LocalEngine):
-    """The local engine's driver (journal, resume, summary, table) over a Ray dataset."""
+class RayEngine:
+    """The local engine's books (journal, resume, summary, table) over a Ray dataset."""
 
     def __init__(self, inputs: list[str], opts: EngineOptions, ropts: RayOptions) -> None:
-        super().__init__(inputs, opts)
+        opts.out_dir = Path(opts.out_dir).resolve()  # the workers write there
+        self.opts = opts
         self.ropts = ropts
+        self.book = RunBook(inputs, opts)
         self.layout: _Layout | None = None
+
+    @property
+    def summary(self) -> Any:
+        return self.book.summary
 
     def _paths_to_do(self, done: set[int]) -> list[str]:
         paths: list[str] = []
-        for path, _key in self._unfinished_inputs(done):
+        for path, _key in self.book.unfinished_inputs(done):
             if self.opts.limit is not None and len(paths) >= self.opts.limit:
                 break
             # Ray workers do not share the driver's working directory
@@ -382,7 +378,7 @@ class RayEngine(LocalEngine):
         return paths
 
     def build_dataset(self, ray: Any, paths: list[str], spec: Any, run_id: str) -> Any:
-        import ray.data
+        import ray.data  # noqa: F401 - the optional extra, imported where it is used
 
         opts, ropts = self.opts, self.ropts
         n_stages = 1 + spec.fine_iterations
@@ -415,16 +411,10 @@ class RayEngine(LocalEngine):
 
     def run(self) -> int:
         ray = require_ray()
-        from legalign.models.checkpoint import load_checkpoint
-        from legalign.models.spec import LocatorSpec
-        from legalign.pipeline.api import load_config
-
-        opts = self.opts
-        opts.out_dir = self.out = self.out.resolve()  # the workers write there
+        opts, book = self.opts, self.book
         load_config(opts.config)  # a bad config is a usage error before any work
         spec = LocatorSpec.from_dict(load_checkpoint(opts.model)["spec"])  # fails up front
-        self._prepare_out()
-        done = self.journal.done_keys(include_failed=not opts.retry_failed)
+        done = book.prepare_out()
         start = time.perf_counter()
         paths = self._paths_to_do(done)
         started_here = False
@@ -436,16 +426,14 @@ class RayEngine(LocalEngine):
                 started_here = _init_ray(ray, self.ropts, opts)
                 _quiet_ray_data()
                 ds = self.build_dataset(ray, paths, spec, uuid.uuid4().hex)
-                self._start_progress(len(done))
-                if self.bar is not None:
-                    self.bar.total = len(paths)
+                book.start_progress(len(done), total=len(paths))
                 for row in ds.iter_rows():
                     d = json.loads(row["record"])
                     key = file_key(d["file"])
                     if key in recorded:  # a retried task's duplicate row
                         continue
                     recorded.add(key)
-                    self._record(d)
+                    book.record(d)
         except KeyboardInterrupt:
             interrupted = True
         except LegalignError:
@@ -453,24 +441,17 @@ class RayEngine(LocalEngine):
         except Exception as exc:  # noqa: BLE001 - Ray itself failed (e.g. a node lost)
             stopped = exc
         finally:
-            self.journal.close()
-            if self.bar is not None:
-                self.bar.close()
             if started_here:
                 ray.shutdown()
-        self.summary.elapsed_s = time.perf_counter() - start
-        self.summary.processed_this_run = self.processed
-        self._write_results()
+            book.close(time.perf_counter() - start)
         if stopped is not None:
-            err = LegalignError(
-                f"the Ray run stopped ({_plain(local.one_line(stopped))}); {self.processed} files "
+            raise RayStoppedError(
+                f"the Ray run stopped ({_plain(one_line(stopped))}); {book.processed} files "
                 "finished in this run are journalled: re-run the same command to resume"
             )
-            err.exit_code = EXIT_RAY_STOPPED
-            raise err
         if interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
+        return EXIT_SOME_FAILED if book.summary.files_failed else EXIT_OK
 
 
 def _per_film(ds: Any) -> Any:
@@ -478,8 +459,6 @@ def _per_film(ds: Any) -> Any:
     a batch's films in parallel tasks and each finished film streams back to the driver
     (and is journalled) on its own.  Streaming repartition needs a Ray with
     ``repartition(target_num_rows_per_block=...)``; an older Ray keeps the batches."""
-    import inspect
-
     if "target_num_rows_per_block" not in inspect.signature(ds.repartition).parameters:
         return ds
     return ds.repartition(target_num_rows_per_block=1)
@@ -487,8 +466,6 @@ def _per_film(ds: Any) -> Any:
 
 def _plain(text: str) -> str:
     """Without the terminal colour codes Ray puts in its task errors."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 

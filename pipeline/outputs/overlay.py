@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from legalign.pipeline.api import DISCLAIMER
+from legalign.pipeline.results import DISCLAIMER
 
 MAX_OVERLAY_HEIGHT = 2048
 PANEL_WIDTH = 460

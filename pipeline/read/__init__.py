@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError
 from legalign.pipeline.radiograph import Radiograph
 
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -45,7 +45,7 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
 
     p = _path(path)
     if os.path.isdir(p):
-        raise InputError(f"{p}: is a directory, not an image file")
+        raise NotAnImageError(f"{p}: is a directory, not an image file")
     try:
         with open(p, "rb") as fh:
             head = fh.read(132)
@@ -64,7 +64,7 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         return "dicom"
     if len(head) < 132 and head.startswith(b"\0" * len(head)):
         raise InputError(f"{p}: truncated file ({len(head)} bytes)")
-    raise InputError(f"{p}: not a DICOM, PNG, JPEG or TIFF file")
+    raise NotAnImageError(f"{p}: not a DICOM, PNG, JPEG or TIFF file")
 
 
 def read_radiograph(
@@ -133,7 +133,7 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
         width, height = header["width"], header["height"]
         info.update(width=width, height=height, bits_stored=header["bits"])
         if width * height > max_pixels:
-            raise InputError(
+            raise TooLargeError(
                 f"{p}: image too large ({width} x {height} = {width * height} pixels > "
                 f"max_pixels {max_pixels})"
             )

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError, WrongModalityError
 from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.read.spacing import resolve_spacing
 
@@ -93,11 +93,11 @@ def read_header(path: str) -> DicomHeader:
         fh.seek(0)
         force = not has_preamble(head)
         if force and not looks_like_raw_dicom(head):
-            raise InputError(f"{path}: not a DICOM file (no 'DICM' marker)")
+            raise NotAnImageError(f"{path}: not a DICOM file (no 'DICM' marker)")
         try:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=force)
         except InvalidDicomError as exc:
-            raise InputError(f"{path}: not a DICOM file ({one_line(exc)})") from None
+            raise NotAnImageError(f"{path}: not a DICOM file ({one_line(exc)})") from None
         except MemoryError:
             raise InputError(f"{path}: corrupt DICOM header (out of memory parsing it)") from None
         except Exception as exc:  # EOFError, struct.error, ValueError, ... from a damaged file
@@ -130,7 +130,7 @@ def _int(ds: Any, keyword: str, path: str, default: int | None = None) -> int:
     try:
         value = ds.get(keyword, default)
         if value is None or value == "":
-            raise InputError(f"{path}: not an image (no {keyword})")
+            raise NotAnImageError(f"{path}: not an image (no {keyword})")
         return int(value)
     except InputError:
         raise
@@ -149,14 +149,14 @@ def check_header(header: DicomHeader, path: str, max_pixels: int) -> None:
         raise InputError(f"{path}: corrupt DICOM header ({one_line(exc)})") from None
     if modality:
         if modality not in ACCEPTED_MODALITIES:
-            raise InputError(
+            raise WrongModalityError(
                 f"{path}: wrong modality {modality} (expected a radiograph: "
                 f"{', '.join(ACCEPTED_MODALITIES)})"
             )
     if not header.has_pixel_data:
         if modality or sop_class:
             name = IMAGE_SOP_CLASSES.get(sop_class, sop_class or "unknown SOP class")
-            raise InputError(
+            raise NotAnImageError(
                 f"{path}: no pixel data ({name}; the data set ends at byte "
                 f"{header.file_size}: not an image, or truncated)"
             )
@@ -165,7 +165,7 @@ def check_header(header: DicomHeader, path: str, max_pixels: int) -> None:
             "no SOP Class UID, Modality or pixel data)"
         )
     if not modality and sop_class not in IMAGE_SOP_CLASSES:
-        raise InputError(
+        raise WrongModalityError(
             f"{path}: wrong modality (none given; SOP class {sop_class or 'missing'} "
             "is not a radiograph)"
         )
@@ -184,15 +184,15 @@ def check_header(header: DicomHeader, path: str, max_pixels: int) -> None:
         if samples != 3:
             raise InputError(f"{path}: {photometric} with SamplesPerPixel {samples}")
     else:
-        raise InputError(
+        raise NotAnImageError(
             f"{path}: unsupported PhotometricInterpretation {photometric or '(missing)'}"
         )
     allocated = _int(ds, "BitsAllocated", path)
     stored = _int(ds, "BitsStored", path)
     if allocated not in (8, 16, 32) or not 1 <= stored <= allocated:
-        raise InputError(f"{path}: unsupported BitsAllocated/BitsStored {allocated}/{stored}")
+        raise NotAnImageError(f"{path}: unsupported BitsAllocated/BitsStored {allocated}/{stored}")
     if rows * cols > max_pixels:
-        raise InputError(
+        raise TooLargeError(
             f"{path}: image too large ({cols} x {rows} = {rows * cols} pixels > "
             f"max_pixels {max_pixels})"
         )

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError
 from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.read.spacing import resolve_spacing
 
@@ -71,7 +71,7 @@ def raster_header(path: str, kind: str) -> dict:
         except Exception as exc:
             raise InputError(f"{path}: unreadable TIFF ({_short(exc)})") from None
         if len(shape) not in (2, 3):
-            raise InputError(f"{path}: unsupported TIFF page shape {shape}")
+            raise NotAnImageError(f"{path}: unsupported TIFF page shape {shape}")
         return {"width": width, "height": height, "bits": bits, "channels": channels}
 
     try:
@@ -90,7 +90,7 @@ def raster_header(path: str, kind: str) -> dict:
                 width, height = im.size
                 mode = im.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
+        raise TooLargeError(
             f"{path}: image too large for the decompression-bomb guard "
             f"(> {PILLOW_MAX_IMAGE_PIXELS} pixels)"
         ) from None
@@ -120,7 +120,7 @@ def _to_grey(img: np.ndarray, path: str, channels_last: bool = True) -> np.ndarr
         return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     if img.ndim == 3 and channels_last and img.shape[2] in (1, 2):
         return img[..., 0]
-    raise InputError(f"{path}: unsupported image layout {img.shape}")
+    raise NotAnImageError(f"{path}: unsupported image layout {img.shape}")
 
 
 def _unit(grey: np.ndarray, dtype: np.dtype, path: str) -> np.ndarray:
@@ -192,7 +192,7 @@ def read_raster(
     if width <= 0 or height <= 0:
         raise InputError(f"{path}: invalid image size {width} x {height}")
     if width * height > max_pixels:
-        raise InputError(
+        raise TooLargeError(
             f"{path}: image too large ({width} x {height} = {width * height} pixels > "
             f"max_pixels {max_pixels})"
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import SpacingError
 
 SOURCE_USER = "user"
 SOURCE_PIXEL = "PixelSpacing"
@@ -37,9 +37,9 @@ def _positive(value: Any, path: str, what: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{path}: {what} is not a number ({value!r})") from None
+        raise SpacingError(f"{path}: {what} is not a number ({value!r})") from None
     if not math.isfinite(v) or v <= 0:
-        raise InputError(f"{path}: {what} must be a positive number, got {value!r}")
+        raise SpacingError(f"{path}: {what} must be a positive number, got {value!r}")
     return v
 
 
@@ -48,7 +48,7 @@ def _pair(ds: Any, keyword: str, path: str) -> float | None:
     try:
         raw = ds.get(keyword)
     except Exception as exc:  # an unparsable DS value
-        raise InputError(f"{path}: {keyword} cannot be read ({type(exc).__name__})") from None
+        raise SpacingError(f"{path}: {keyword} cannot be read ({type(exc).__name__})") from None
     if raw is None or raw == "":
         return None
     if isinstance(raw, str | bytes) or not hasattr(raw, "__len__"):
@@ -56,11 +56,11 @@ def _pair(ds: Any, keyword: str, path: str) -> float | None:
     else:
         values = list(raw)
     if len(values) not in (1, 2):
-        raise InputError(f"{path}: {keyword} must have 2 values, got {len(values)}")
+        raise SpacingError(f"{path}: {keyword} must have 2 values, got {len(values)}")
     nums = [_positive(v, path, keyword) for v in values]
     row, col = nums[0], nums[-1]
     if abs(row - col) > ISOTROPY_TOLERANCE * max(row, col):
-        raise InputError(
+        raise SpacingError(
             f"{path}: non-isotropic {keyword} {row:g} x {col:g} mm "
             f"(differ by more than {ISOTROPY_TOLERANCE:.0%}); resample the image first"
         )
@@ -73,7 +73,7 @@ def resolve_spacing(
     """(spacing in mm per pixel, source) for a DICOM header ``ds`` (or None for rasters)."""
     if spacing_override_mm is not None:
         if isinstance(spacing_override_mm, bool):
-            raise InputError(f"{path}: spacing override must be a number of mm")
+            raise SpacingError(f"{path}: spacing override must be a number of mm")
         return _positive(spacing_override_mm, path, "spacing override (mm)"), SOURCE_USER
     if ds is None:
         return None, None

@@ -1,6 +1,6 @@
-"""Time ``Locator.locate`` on native-resolution synthetic films (CPU by default).
+"""Time the coarse-to-fine stage (``pipeline.coarse_to_fine``) on native-resolution synthetic films (CPU by default).
 
-    python -m legalign.models.benchmark [--checkpoint PATH] [--films 3] [--repeats 5] [--threads 2]
+    python benchmarks/bench_locate.py [--checkpoint PATH] [--films 3] [--repeats 5] [--threads 2]
 
 Prints the per-stage and total seconds per film (median over repeats, after a warm-up),
 and the landmark errors against the films' ground truth.
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from legalign.pipeline import coarse_to_fine as c2f
     from legalign.pipeline.locate import Locator
     from legalign.training.datasets import load_dataset
     from legalign.training.samples import film_from_annotated
@@ -47,21 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     for f in films:
         rg = Radiograph(path=f.source, pixels=f.image, spacing_mm=f.spacing_mm)
-        loc.locate(rg)  # warm-up
+        film = c2f.film_of(rg, rg.pixels)
+        c2f.locate_films(loc, [film])  # warm-up
         for _ in range(args.repeats):
+            # one fine pass of each step, then the whole stage (all fine passes)
             t0 = time.perf_counter()
-            x = loc.coarse_input(rg)
+            x = c2f.coarse_input(loc, film.pixels)
             t1 = time.perf_counter()
-            heat = loc.predict_coarse(x[None])
+            heat = c2f.coarse_heatmaps(loc, [x])
             coarse = loc.decode_coarse(heat[0], rg)
             t2 = time.perf_counter()
-            fi = loc.fine_inputs(rg, coarse)
+            fi = c2f.fine_inputs(loc, film.pixels, coarse)
             t3 = time.perf_counter()
-            fh = loc.predict_fine(fi.crops)
+            fh = c2f.fine_heatmaps(loc, [fi])[0]
             loc.decode_fine(coarse, fi, fh)
             t4 = time.perf_counter()
             t5 = time.perf_counter()
-            loc.locate(rg)
+            c2f.locate_films(loc, [film])
             t6 = time.perf_counter()
             for k, v in zip(stage_t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t6 - t5), strict=True):
                 stage_t[k].append(v)
