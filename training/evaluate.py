@@ -551,6 +551,7 @@ def evaluate_locator(
     written)."""
     import torch
 
+    from legalign.pipeline.coarse_to_fine import locate_radiographs
     from legalign.pipeline.geometry_config import load_geometry_config
     from legalign.pipeline.locate import Locator
     from legalign.training.datasets import load_dataset
@@ -564,7 +565,7 @@ def evaluate_locator(
     with tqdm(total=n, desc="evaluate", unit="film", disable=None, leave=False) as bar:
         legs, failures, timing = evaluate_films(
             (ds[i] for i in range(n)),
-            locator.locate,
+            lambda radiograph: locate_radiographs(locator, [radiograph])[0],
             assumed_spacing_mm=assumed_spacing_mm,
             fail_mm=fail_mm,
             fail_px=fail_px,
