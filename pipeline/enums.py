@@ -9,7 +9,14 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class Side(StrEnum):
+class _Value(StrEnum):
+    """Shown as its string value in messages too (``f"{side!r}"`` reads ``'left'``)."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Side(_Value):
     """The patient's side a leg belongs to."""
 
     RIGHT = "right"
@@ -20,7 +27,7 @@ class Side(StrEnum):
         return Side.LEFT if self is Side.RIGHT else Side.RIGHT
 
 
-class Status(StrEnum):
+class Status(_Value):
     """A leg's or an image's status (docs/results-schema.md, "Statuses")."""
 
     OK = "ok"  # every value the film allows is present
@@ -28,7 +35,7 @@ class Status(StrEnum):
     FAILED = "failed"  # no hip-knee-ankle axis (leg); error_reason set (image)
 
 
-class OsteotomyLevel(StrEnum):
+class OsteotomyLevel(_Value):
     """Where a proposed osteotomy cuts."""
 
     HTO = "HTO"  # high tibial osteotomy
