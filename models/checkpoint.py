@@ -111,6 +111,39 @@ def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     return ckpt
 
 
+def shipped_copy(ckpt: dict[str, Any], half: bool = True) -> dict[str, Any]:
+    """A checkpoint as the package ships it: no training state, float16 weights."""
+    out = {k: v for k, v in ckpt.items() if k != "train_state"}
+    for net in ("coarse", "fine"):
+        out[net] = {
+            k: v.half() if half and v.is_floating_point() else v for k, v in ckpt[net].items()
+        }
+    return out
+
+
+def development_checkout() -> Path | None:
+    """The repository root when this package runs from a development checkout (an
+    editable install of a git clone), None when it is installed (e.g. from a wheel)."""
+    root = WEIGHTS_DIR.parent.parent
+    if (root / "pyproject.toml").is_file() and (root / ".git").exists():
+        return root
+    return None
+
+
+def install_as_default(path: str | Path) -> Path:
+    """Make the checkpoint at ``path`` the shipped default model
+    (``models/weights/legalign_default.pt``): the explicit step that replaces it, in a
+    development checkout only (never inside an installed package)."""
+    if development_checkout() is None:
+        raise InputError(
+            f"{path}: --as-default replaces the shipped model in a development checkout "
+            f"only; this legalign is installed at {WEIGHTS_DIR.parent.parent}"
+        )
+    ckpt = load_checkpoint(path)
+    save_checkpoint(shipped_copy(ckpt), DEFAULT_WEIGHTS)
+    return DEFAULT_WEIGHTS
+
+
 def nets_from_checkpoint(ckpt: dict[str, Any]) -> tuple[LocatorSpec, nn.Module, nn.Module]:
     spec = LocatorSpec.from_dict(ckpt["spec"])
     coarse, fine = build_nets(spec)

@@ -13,8 +13,12 @@ affine is applied with bilinear interpolation.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+# Femur length / tibia length: a leg's scale when its femoral head is not found.
+FEMUR_PER_TIBIA = 1.15
 
 
 def apply_affine(A: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -67,6 +71,50 @@ def crop_matrix(
     c = np.asarray(centre, dtype=np.float64)
     t = np.full(2, (out_size - 1) / 2.0) - m @ c
     return np.concatenate([m, t[:, None]], axis=1)
+
+
+def leg_scale(points: Mapping[str, Sequence[float] | np.ndarray]) -> float | None:
+    """A leg's scale in the points' units: the femur length (femoral head to knee
+    centre), or 1.15 x the tibia (knee to ankle centre) when the head is missing; None
+    without the knee or both."""
+    if "knee_centre" not in points:
+        return None
+    knee = points["knee_centre"]
+    if "femoral_head" in points:
+        return float(np.hypot(*np.subtract(knee, points["femoral_head"])))
+    if "ankle_centre" in points:
+        return FEMUR_PER_TIBIA * float(np.hypot(*np.subtract(points["ankle_centre"], knee)))
+    return None
+
+
+def joint_crop_matrix(
+    points: Mapping[str, Sequence[float] | np.ndarray],
+    anchors: Sequence[str],
+    weights: Sequence[float],
+    side_per_femur: float,
+    femur: float,
+    out_size: int,
+    flip: bool,
+    *,
+    scale: float = 1.0,
+    angle_deg: float = 0.0,
+) -> np.ndarray | None:
+    """The image->crop matrix of one joint crop, the one crop geometry of training
+    (``training.samples.fine_sample``) and inference (``LocatorGeometry.crop_matrices``).
+
+    Centred on the weighted mean of the ``anchors`` the leg has, ``side_per_femur x
+    femur x scale`` image pixels wide, ``out_size`` pixels, mirrored when ``flip`` (the
+    leg's medial side is then +x), rotated by ``angle_deg`` (augmentation).  None when
+    the leg has none of the anchors.
+    """
+    pts = [(points[a], w) for a, w in zip(anchors, weights, strict=True) if a in points]
+    if not pts:
+        return None
+    wsum = sum(w for _, w in pts)
+    cx = sum(p[0] * w for p, w in pts) / wsum
+    cy = sum(p[1] * w for p, w in pts) / wsum
+    side = side_per_femur * femur * scale
+    return crop_matrix((float(cx), float(cy)), side, out_size, flip, angle_deg)
 
 
 def _area_factor(A: np.ndarray) -> int:

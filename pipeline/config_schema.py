@@ -21,7 +21,6 @@ from legalign.pipeline.errors import ConfigError
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # The default configs are package data of ``legalign.configs`` (the repository's configs/).
 CONFIG_DIR = Path(str(resources.files("legalign.configs")))
 

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from legalign.models.crops import joint_crop_matrix, leg_scale
 from legalign.pipeline.landmarks import LegLandmarks
 
 # below this coarse peak the trochanter is not trusted to give the medial direction
@@ -156,13 +157,10 @@ class LocatorGeometry:
                 refine("femoral_head", h[:2], 2.0)
             if a is not None:
                 refine("ankle_centre", a[:2], 2.0)
-            if "femoral_head" in pts_hm:
-                femur = float(np.hypot(*(pts_hm["knee_centre"] - pts_hm["femoral_head"])))
-            elif "ankle_centre" in pts_hm:
-                femur = 1.15 * float(np.hypot(*(pts_hm["ankle_centre"] - pts_hm["knee_centre"])))
-            else:
+            femur_hm = leg_scale(pts_hm)
+            if femur_hm is None:
                 continue  # a knee alone is not a leg
-            femur = max(femur, 4.0)
+            femur = max(femur_hm, 4.0)
             H = pts_hm.get("femoral_head")
             K = pts_hm["knee_centre"]
             A_ = pts_hm.get("ankle_centre")
@@ -196,23 +194,21 @@ class LocatorGeometry:
         With several ``spec.fine_scales`` each joint is cropped at each scale (test-time
         augmentation); the answers are averaged in ``decode_fine``.
         """
-        from legalign.models.crops import crop_matrix
-
         out = []
         for crop in self.spec.crops:
-            pts = [
-                (leg.points[a], w)
-                for a, w in zip(crop.anchors, crop.weights, strict=True)
-                if a in leg.points
-            ]
-            if not pts:
-                continue
-            wsum = sum(w for _, w in pts)
-            cx = sum(p[0] * w for p, w in pts) / wsum
-            cy = sum(p[1] * w for p, w in pts) / wsum
             for scale in self.spec.fine_scales:
-                side = crop.side * leg.femur_px * scale
-                A = crop_matrix((cx, cy), side, self.spec.fine_size, leg.medial_sign < 0)
+                A = joint_crop_matrix(
+                    leg.points,
+                    crop.anchors,
+                    crop.weights,
+                    crop.side,
+                    leg.femur_px,
+                    self.spec.fine_size,
+                    leg.medial_sign < 0,
+                    scale=scale,
+                )
+                if A is None:
+                    break  # the leg has none of this crop's anchors
                 out.append((crop.name, A))
         return out
 

@@ -26,6 +26,7 @@ from legalign.pipeline.coarse_to_fine import (
     Film,
     coarse_input,
     film_of,
+    fine_inputs,
     locate_films,
     locate_radiographs,
 )
@@ -329,3 +330,34 @@ def test_multi_scale_crops_average_back_to_the_point(spec):
     found = loc._fine_points(inputs, np.stack(heat))[0]
     for name, (p, _) in found.items():
         assert np.hypot(*np.subtract(p, gt[name])) < 0.1, name
+
+
+def test_training_crop_equals_inference_crop(spec):
+    """One crop geometry (models.crops.joint_crop_matrix): the fine network's training
+    input for a leg and a joint (no augmentation) is the very crop the locator cuts at
+    inference from a coarse answer with the same landmarks and scale."""
+    from legalign.models.crops import leg_scale
+    from legalign.pipeline.locate import CoarseResult, LocatorGeometry
+    from legalign.training.datasets import load_dataset
+    from legalign.training.samples import film_from_annotated
+
+    film = film_from_annotated(load_dataset("synthetic:1:small", seed=11)[0])
+    geometry = LocatorGeometry(dataclasses.replace(spec, fine_scales=[1.0]))
+    rng = np.random.default_rng(0)
+    compared = 0
+    for leg in film.legs:
+        coarse = CoarseLeg(
+            points=dict(leg.points),
+            confidence={},
+            medial_sign=leg.medial_sign,
+            femur_px=leg_scale(leg.points),
+            side=leg.side,
+            mirrored=leg.mirrored,
+        )
+        inputs = fine_inputs(geometry, ArrayPixels(film.image), CoarseResult([coarse]))
+        for crop in geometry.spec.crops:
+            img, _, _ = fine_sample(film, leg, crop, geometry.spec, None, rng)
+            k = inputs.items.index((0, crop.name))
+            assert np.array_equal(inputs.crops[k, 0], img), (leg.side, crop.name)
+            compared += 1
+    assert compared == len(film.legs) * len(spec.crops) >= 3

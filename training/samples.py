@@ -7,9 +7,9 @@ shift, and for the fine crops simulated coarse-stage errors) is folded into that
 photometric augmentation acts on the resampled input.
 
 Coarse sample: the whole film letterboxed into the coarse canvas; target channels are
-class-agnostic (the max over the legs).  Fine sample: one crop type around one leg,
-centred and scaled like ``pipeline.locate.Locator.crop_matrices`` does from a coarse
-answer, mirrored so that the leg's medial side is +x.  A landmark a leg lacks masks its
+class-agnostic (the max over the legs).  Fine sample: one crop type around one leg, made
+by ``models.crops.joint_crop_matrix``, the crop geometry the locator uses at inference
+(``LocatorGeometry.crop_matrices``), mirrored so that the leg's medial side is +x.  A landmark a leg lacks masks its
 channel (never a false negative).
 """
 
@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from legalign.models import heatmap_codec as hc
-from legalign.models.crops import apply_affine, compose, crop_matrix, letterbox_matrix, warp
+from legalign.models.crops import (
+    apply_affine,
+    compose,
+    joint_crop_matrix,
+    leg_scale,
+    letterbox_matrix,
+    warp,
+)
 from legalign.models.spec import CropSpec, LocatorSpec
 from legalign.pipeline.landmarks import LegLandmarks
 
@@ -76,13 +83,9 @@ class TrainFilm:
 
 
 def femur_length(leg: LegLandmarks) -> float | None:
-    """Head-knee distance, or 1.15 x knee-ankle when the head is missing; None if neither."""
-    p = leg.points
-    if "femoral_head" in p and "knee_centre" in p:
-        return float(np.hypot(*np.subtract(p["knee_centre"], p["femoral_head"])))
-    if "ankle_centre" in p and "knee_centre" in p:
-        return 1.15 * float(np.hypot(*np.subtract(p["ankle_centre"], p["knee_centre"])))
-    return None
+    """The leg's scale (``models.crops.leg_scale``): head-knee distance, or 1.15 x
+    knee-ankle when the head is missing; None if neither."""
+    return leg_scale(leg.points)
 
 
 def photometric(img: np.ndarray, aug: SampleAug, rng: np.random.Generator) -> np.ndarray:
@@ -149,18 +152,6 @@ def coarse_sample(
     return img, target, mask
 
 
-def crop_centre(leg_points: dict[str, tuple[float, float]], crop: CropSpec) -> np.ndarray | None:
-    pts = [
-        (np.asarray(leg_points[a]), w)
-        for a, w in zip(crop.anchors, crop.weights, strict=True)
-        if a in leg_points
-    ]
-    if not pts:
-        return None
-    wsum = sum(w for _, w in pts)
-    return sum(p * w for p, w in pts) / wsum
-
-
 def fine_sample(
     film: TrainFilm,
     leg: LegLandmarks,
@@ -183,8 +174,7 @@ def fine_sample(
             n: tuple(np.asarray(p) + rng.normal(0.0, aug.shift_frac * femur, 2))
             for n, p in pts.items()
         }
-    centre = crop_centre(pts, crop)
-    if centre is None:
+    if not any(a in pts for a in crop.anchors):
         return None
     femur_est = femur
     angle = 0.0
@@ -192,7 +182,17 @@ def fine_sample(
         femur_est = femur * float(np.exp(rng.normal(0.0, aug.femur_log_sd + aug.scale_log_sd)))
         angle = float(rng.uniform(-aug.rotate_deg, aug.rotate_deg))
     s = spec.fine_size
-    A = crop_matrix(tuple(centre), crop.side * femur_est, s, leg.medial_sign < 0, angle)
+    A = joint_crop_matrix(
+        pts,
+        crop.anchors,
+        crop.weights,
+        crop.side,
+        femur_est,
+        s,
+        leg.medial_sign < 0,
+        angle_deg=angle,
+    )
+    assert A is not None  # the leg has one of the anchors (checked above)
     img = warp(film.image, A, (s, s))
     if aug is not None:
         img = photometric(img, aug, rng)

@@ -30,7 +30,6 @@ import numpy as np
 
 from legalign.models.spec import LocatorSpec
 from legalign.pipeline.config_schema import (
-    REPO_ROOT,
     ConfigError,
     deep_merge,
     from_mapping,
@@ -103,7 +102,7 @@ class StageConfig:
 
 @dataclass
 class ExportConfig:
-    path: str | None  # write the final weights here (relative: to the repository root)
+    path: str | None  # also write the final weights here (relative: to the working directory)
     half: bool  # store them as float16
 
 
@@ -152,6 +151,7 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, An
     if path in chain:
         raise ConfigError(f"{path}: extends: circular ({' -> '.join(p.name for p in chain)})")
     data = read_yaml(path)
+    _resolve_dataset_paths(data, path.parent)
     base = data.pop("extends", None)
     if base is None:
         return data
@@ -175,18 +175,17 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def resolve_path(p: str) -> Path:
-    """A relative path: from the working directory if it exists there, else the repository root."""
-    path = Path(p)
-    if path.is_absolute() or path.exists():
-        return path
-    return REPO_ROOT / path
-
-
-def _resolve_spec(spec: str) -> str:
-    if spec.startswith("synthetic:"):
-        return spec
-    return str(resolve_path(spec))
+def _resolve_dataset_paths(data: dict[str, Any], folder: Path) -> None:
+    """Dataset paths of one config file (``train_data`` / ``val_data`` ``spec``) relative
+    to that file's folder, made absolute (``synthetic:N`` specs are not paths)."""
+    for key in ("train_data", "val_data"):
+        entries = data.get(key)
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            spec = entry.get("spec") if isinstance(entry, dict) else None
+            if isinstance(spec, str) and not spec.startswith("synthetic:"):
+                entry["spec"] = str(folder / Path(spec).expanduser())
 
 
 def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainFilm], float]]:
@@ -196,7 +195,7 @@ def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainF
     out = []
     for e in entries:
         t0 = time.time()
-        ds = load_dataset(_resolve_spec(e.spec), **e.options)
+        ds = load_dataset(e.spec, **e.options)
         what = e.spec
         if e.holdout is not None:
             train, held = split_indices(len(ds), e.holdout.fraction, e.holdout.seed)
@@ -371,7 +370,7 @@ def train(
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         rank = dist.get_rank()
     is_main = rank == 0
-    out = resolve_path(output_dir or cfg.output_dir)
+    out = Path(output_dir or cfg.output_dir)  # relative: to the working directory
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
@@ -508,11 +507,7 @@ def train(
         final = make_checkpoint(spec, nets["coarse"], nets["fine"], cfg_dict)
         save_checkpoint(final, out / "final.pt")
         if cfg.export.path:
-            dest = (
-                resolve_path(cfg.export.path)
-                if Path(cfg.export.path).is_absolute()
-                else REPO_ROOT / cfg.export.path
-            )
+            dest = Path(cfg.export.path)  # relative: to the working directory
             save_checkpoint(
                 make_checkpoint(spec, nets["coarse"], nets["fine"], cfg_dict, half=cfg.export.half),
                 dest,

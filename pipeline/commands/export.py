@@ -1,4 +1,8 @@
-"""``legalign export CHECKPOINT --out DIR``: the locator's networks as TorchScript / ONNX."""
+"""``legalign export CHECKPOINT --out DIR``: the locator's networks as TorchScript / ONNX.
+
+``legalign export CHECKPOINT --as-default`` makes the checkpoint the shipped default model
+(half precision, no training state) in a development checkout: replacing the shipped
+model is this explicit step, never a side effect of ``train``."""
 
 from __future__ import annotations
 
@@ -15,7 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="locator checkpoint (.pt), or 'default'"
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--as-default",
+        action="store_true",
+        help="make CHECKPOINT the shipped default model (models/weights/legalign_default.pt, "
+        "float16); development checkout only",
+    )
     parser.add_argument(
         "--format",
         choices=("torchscript", "onnx", "both"),
@@ -56,12 +66,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from legalign.models.checkpoint import install_as_default
     from legalign.pipeline.errors import InputError
     from legalign.training.export import export_locator
 
     checkpoint = None if args.checkpoint == "default" else args.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"{checkpoint}: checkpoint not found")
+    if args.as_default:
+        if checkpoint is None:
+            raise InputError("--as-default needs a checkpoint file, not 'default'")
+        print(f"{install_as_default(checkpoint)}: now the shipped default model")
+        if args.out is None:
+            return 0
+    if args.out is None:
+        raise InputError("--out DIR is required (unless --as-default)")
     if not args.tolerance_px > 0:
         raise InputError(f"--tolerance-px must be positive, got {args.tolerance_px}")
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
