@@ -30,13 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     from legalign.pipeline import coarse_to_fine as c2f
     from legalign.pipeline.locate import Locator
     from legalign.training.datasets import load_dataset
-    from legalign.training.samples import film_from_annotated
-    from legalign.training.train import evaluate_films, format_eval
+    from legalign.training.evaluate import evaluate_films, format_report, summarise
 
     torch.set_num_threads(args.threads)
     loc = Locator.from_checkpoint(args.checkpoint, device=args.device)
     ds = load_dataset(f"synthetic:{args.films}:native", seed=args.seed)
-    films = [film_from_annotated(ds[i]) for i in range(len(ds))]
+    films = [ds[i] for i in range(len(ds))]
     from legalign.pipeline.radiograph import Radiograph
 
     stage_t: dict[str, list[float]] = {
@@ -74,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for k, v in stage_t.items():
         print(f"  {k:13s} {np.median(v):.3f} s/film (median)")
-    print(format_eval("native synthetic", evaluate_films(loc, films)))
+    legs, failures, timing = evaluate_films(films, lambda rg: c2f.locate_radiographs(loc, [rg])[0])
+    print("native synthetic films:\n" + format_report(summarise(legs, failures, extra=timing)))
     return 0
 
 

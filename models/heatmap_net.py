@@ -103,6 +103,7 @@ class ResNetHeatmapNet(nn.Module):
         )
         self.out = nn.Conv2d(head_channels, num_outputs, 1)
         nn.init.normal_(self.out.weight, std=0.001)
+        assert self.out.bias is not None
         nn.init.constant_(self.out.bias, 0.0)
         self.out_stride = out_stride
         self.num_outputs = num_outputs
@@ -110,7 +111,7 @@ class ResNetHeatmapNet(nn.Module):
     @staticmethod
     def _width(stage: nn.Module) -> int:
         last = list(stage.children())[-1]
-        conv = getattr(last, "conv3", None) or last.conv2  # Bottleneck or BasicBlock
+        conv: Any = getattr(last, "conv3", None) or last.conv2  # Bottleneck or BasicBlock
         return int(conv.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

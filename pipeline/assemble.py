@@ -80,7 +80,7 @@ def build_leg(
         x, y = leg.points[name]
         conf = leg.confidence.get(name)
         used = conf is None or float(conf) >= threshold
-        if not used:
+        if conf is not None and not used:
             dropped[name] = float(conf)
         landmarks[name] = Landmark(
             name, float(x), float(y), None if conf is None else float(conf), used
@@ -136,7 +136,7 @@ def result_from_legs(
     timings_s: dict[str, float] | None = None,
 ) -> ImageResult:
     """The one code path from located landmarks to an ImageResult (API and engine)."""
-    base = dict(
+    base: dict[str, Any] = dict(
         file=info.path,
         width=info.width,
         height=info.height,

@@ -18,8 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from legalign.pipeline.errors import InputError, SpacingError
 from legalign.pipeline.geometry import to_canonical
 from legalign.pipeline.landmarks import SIDES, LandmarkError, LegLandmarks
@@ -132,7 +130,3 @@ def read_landmark_file(path: str | Path) -> LandmarkFile:
 def validated_spacing(value: float | None, where: str) -> float | None:
     """A user-given spacing (e.g. --spacing): positive and finite, or None."""
     return _spacing(value, where)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from legalign.models.crops import joint_crop_matrix, leg_scale
+from legalign.pipeline.enums import Side
 from legalign.pipeline.landmarks import LegLandmarks
 
 # below this coarse peak the trochanter is not trusted to give the medial direction
@@ -65,7 +66,7 @@ class CoarseLeg:
     confidence: dict[str, float]
     medial_sign: int  # +1: medial is +x in the image
     femur_px: float  # head-knee distance (the leg's scale), image pixels
-    side: str = "right"
+    side: Side = Side.RIGHT
     mirrored: bool = False
 
 
@@ -171,10 +172,10 @@ class LocatorGeometry:
             if A_ is not None:
                 refine("tibial_shaft_proximal", K + 0.25 * (A_ - K), 0.15 * femur)
                 refine("tibial_shaft_distal", K + 0.75 * (A_ - K), 0.15 * femur)
-            img_pts = {
-                n: tuple(float(v) for v in apply_affine(to_image, hc.from_heatmap(xy, stride)))
-                for n, xy in pts_hm.items()
-            }
+            img_pts: dict[str, tuple[float, float]] = {}
+            for n, xy in pts_hm.items():
+                x, y = apply_affine(to_image, hc.from_heatmap(xy, stride))
+                img_pts[n] = (float(x), float(y))
             scale = math.sqrt(abs(np.linalg.det(to_image[:, :2])))
             legs.append(
                 CoarseLeg(
@@ -386,4 +387,4 @@ def _assign_sides(legs: list[CoarseLeg], radiograph: FilmShape) -> None:
         else:
             mirrored = False
         leg.mirrored = mirrored
-        leg.side = "right" if leg.medial_sign * (-1 if mirrored else 1) > 0 else "left"
+        leg.side = Side.RIGHT if leg.medial_sign * (-1 if mirrored else 1) > 0 else Side.LEFT

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from legalign.pipeline.enums import Side
 from legalign.pipeline.geometry import (
     angle_between_deg,
     check_distinct,
@@ -127,6 +128,7 @@ def measure_leg(
         m.hka_deg = angle_between_deg(p[A] - p[K], p[K] - p[H])
         m.category = _hka_category(m.hka_deg, cfg)
     if ok("mad_mm"):
+        assert spacing_mm is not None  # mm values are null without a spacing (above)
         e = unit(p[A] - p[H], f"{H} and {A}")
         m.mad_mm = float(np.dot(p[H] - p[K], medial_normal(e))) * spacing_mm
     if ok("wbl_ratio_pct"):
@@ -153,6 +155,7 @@ def measure_leg(
         "leg_length_mm": (H, A),
     }.items():
         if ok(name):
+            assert spacing_mm is not None  # mm values are null without a spacing (above)
             m.__setattr__(name, float(np.hypot(*(p[a] - p[b]))) * spacing_mm)
     if m.hka_deg is None:
         m.null_reasons["category"] = m.null_reasons["hka_deg"]
@@ -169,13 +172,15 @@ def measure_film(
     measured = [(leg, measure_leg(leg, spacing_mm, cfg)) for leg in legs]
     by_side = {leg.side: m for leg, m in measured}
     lld, reason = None, None
-    if len(legs) != 2 or set(by_side) != {"left", "right"}:
+    if len(legs) != 2 or set(by_side) != {Side.LEFT, Side.RIGHT}:
         reason = "not a bilateral film"
-    elif by_side["left"].leg_length_mm is None or by_side["right"].leg_length_mm is None:
-        reason = "leg length unavailable: " + (
-            by_side["left"].null_reasons.get("leg_length_mm")
-            or by_side["right"].null_reasons.get("leg_length_mm", "")
-        )
     else:
-        lld = by_side["left"].leg_length_mm - by_side["right"].leg_length_mm
+        left, right = by_side[Side.LEFT], by_side[Side.RIGHT]
+        if left.leg_length_mm is None or right.leg_length_mm is None:
+            reason = "leg length unavailable: " + (
+                left.null_reasons.get("leg_length_mm")
+                or right.null_reasons.get("leg_length_mm", "")
+            )
+        else:
+            lld = left.leg_length_mm - right.leg_length_mm
     return FilmMeasurements(legs=measured, lld_mm=lld, lld_null_reason=reason)

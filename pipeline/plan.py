@@ -36,7 +36,8 @@ from legalign.pipeline.geometry_config import (
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.measure import CL, CM, PL, PM, A, H, K, LegMeasurements, measure_leg
 
-DISCLAIMER = "Planning support only; not a clinical decision."
+# The one disclaimer every output carries (plans, per-image results, overlays, reports).
+DISCLAIMER = "Planning support only: not a clinical decision; a clinician must verify."
 POST_KEYS = ("hka_deg", "mad_mm", "wbl_ratio_pct", "mpta_deg", "mldfa_deg")
 
 
@@ -87,13 +88,13 @@ class OsteotomyPlan:
 class _Cut:
     """A cut in the canonical frame of one leg."""
 
-    level: str
+    level: OsteotomyLevel
     hinge: np.ndarray
     cut_start: np.ndarray
 
 
 def _cut_geometry(
-    level: str, p: dict[str, np.ndarray], geo: OsteotomyGeometry, px_per_mm: float
+    level: OsteotomyLevel, p: dict[str, np.ndarray], geo: OsteotomyGeometry, px_per_mm: float
 ) -> _Cut:
     """Hinge and cut-start points of an HTO or DFO, canonical frame (X medial, Y distal)."""
     if level == OsteotomyLevel.HTO:
@@ -194,7 +195,7 @@ def solve_rotation(
 
 
 def _solve_step(
-    level: str,
+    level: OsteotomyLevel,
     direction: str,
     objective_name: str,
     target: float,
@@ -253,6 +254,7 @@ RANGE_EPS_DEG = 1e-9
 def _choose_level(
     m: LegMeasurements, varus: bool, cfg: GeometryConfig
 ) -> tuple[OsteotomyLevel, str | None]:
+    assert m.mpta_deg is not None and m.mldfa_deg is not None  # plan_leg checked them
     lo_t, hi_t = cfg.normals.mpta_deg[0] - RANGE_EPS_DEG, cfg.normals.mpta_deg[1] + RANGE_EPS_DEG
     lo_f, hi_f = cfg.normals.mldfa_deg[0] - RANGE_EPS_DEG, cfg.normals.mldfa_deg[1] + RANGE_EPS_DEG
     if varus:
@@ -339,9 +341,15 @@ def plan_leg(
     if level in (OsteotomyLevel.HTO, OsteotomyLevel.DFO):
         step, after = _solve_step(level, direction, "wbl_ratio_pct", target, *args)
         post = measure_leg(_leg_from(after, leg), spacing_mm, cfg)
-        if level == OsteotomyLevel.HTO and varus and post.mpta_deg > pl.max_post_mpta_deg:
+        post_mpta = post.mpta_deg  # computable: the same landmarks as the pre-op MPTA
+        if (
+            level == OsteotomyLevel.HTO
+            and varus
+            and post_mpta is not None
+            and post_mpta > pl.max_post_mpta_deg
+        ):
             warnings.append(
-                f"an isolated HTO would need a post-op MPTA of {post.mpta_deg:.1f} deg "
+                f"an isolated HTO would need a post-op MPTA of {post_mpta:.1f} deg "
                 f"(> {pl.max_post_mpta_deg:g}): double-level osteotomy proposed"
             )
             level = OsteotomyLevel.DLO

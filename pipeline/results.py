@@ -13,10 +13,9 @@ from legalign.pipeline.enums import Side, Status
 from legalign.pipeline.errors import FailureReason
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 from legalign.pipeline.measure import LegMeasurements
-from legalign.pipeline.plan import OsteotomyPlan
+from legalign.pipeline.plan import DISCLAIMER, OsteotomyPlan
 from legalign.pipeline.radiograph import Radiograph
 
-DISCLAIMER = "Planning support only: not a clinical decision; a clinician must verify."
 RESULT_SCHEMA = "legalign.image/1"
 
 

@@ -126,8 +126,7 @@ def test_analyse_array_and_path(tmp_path, film):
     """analyse() runs the real locator (a tiny random checkpoint here: no accuracy is
     asserted, only the typed result and its consistency)."""
     import cv2
-
-    from legalign.pipeline.engine.testing import tiny_checkpoint
+    from tiny_checkpoint import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     r = analyse(film.image, model=ckpt, spacing_mm=1.0)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from legalign.pipeline.engine.testing import tiny_checkpoint
+    from tiny_checkpoint import tiny_checkpoint
 
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 

@@ -261,8 +261,9 @@ def test_evaluate_command_runs_a_real_locator(tmp_path, capsys):
     import cv2
 
     pytest.importorskip("torch")
+    from tiny_checkpoint import tiny_checkpoint
+
     from legalign.pipeline.commands import evaluate as cmd
-    from legalign.pipeline.engine.testing import tiny_checkpoint
 
     tiny_checkpoint(tmp_path / "c.pt", peak_threshold=0.01)
     leg = _right_leg()

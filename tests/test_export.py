@@ -100,8 +100,9 @@ def test_unknown_format_is_an_error(tmp_path):
 def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
     import argparse
 
+    from tiny_checkpoint import tiny_checkpoint, tiny_spec_dict
+
     from legalign.pipeline.commands import export as cmd
-    from legalign.pipeline.engine.testing import tiny_checkpoint, tiny_spec_dict
 
     ckpt = tiny_checkpoint(tmp_path / "small.pt", seed=3, out_std=0.5, peak_threshold=0.01)
     parser = argparse.ArgumentParser()

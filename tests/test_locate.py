@@ -34,7 +34,8 @@ from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 from legalign.pipeline.locate import CoarseLeg, FineInputs, Locator, _assign_sides
 from legalign.pipeline.radiograph import Radiograph
-from legalign.training.samples import TrainFilm, coarse_sample, fine_sample
+from legalign.training.datasets import AnnotatedFilm
+from legalign.training.samples import coarse_sample, fine_sample
 from legalign.training.train import load_train_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
@@ -74,7 +75,7 @@ def right_leg(x0: float, y0: float, femur: float, medial: int) -> dict[str, tupl
     }
 
 
-def bilateral_film(mirrored: bool = False, h: int = 900, w: int = 500) -> TrainFilm:
+def bilateral_film(mirrored: bool = False, h: int = 900, w: int = 500) -> AnnotatedFilm:
     """Two legs; on a standard film the right leg is on the viewer's left, medial +x."""
     femur = 380.0
     legs = [
@@ -88,7 +89,7 @@ def bilateral_film(mirrored: bool = False, h: int = 900, w: int = 500) -> TrainF
             )
             for leg in legs
         ]
-    return TrainFilm(image=np.zeros((h, w), np.float32), legs=legs)
+    return AnnotatedFilm(source="", image=np.zeros((h, w), np.float32), legs=legs)
 
 
 def coarse_from_targets(locator, film, rg):
@@ -339,9 +340,8 @@ def test_training_crop_equals_inference_crop(spec):
     from legalign.models.crops import leg_scale
     from legalign.pipeline.locate import CoarseResult, LocatorGeometry
     from legalign.training.datasets import load_dataset
-    from legalign.training.samples import film_from_annotated
 
-    film = film_from_annotated(load_dataset("synthetic:1:small", seed=11)[0])
+    film = load_dataset("synthetic:1:small", seed=11)[0]
     geometry = LocatorGeometry(dataclasses.replace(spec, fine_scales=[1.0]))
     rng = np.random.default_rng(0)
     compared = 0

@@ -35,10 +35,10 @@ needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='ray not installed: pip inst
 def _leg_finding_checkpoint(path: Path, fine_iterations: int) -> Path:
     """A tiny random locator that finds legs (scaled output layers)."""
     import torch
+    from tiny_checkpoint import tiny_spec_dict
 
     from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
     from legalign.models.spec import LocatorSpec
-    from legalign.pipeline.engine.testing import tiny_spec_dict
 
     spec_dict = tiny_spec_dict()
     spec_dict["fine_iterations"] = fine_iterations

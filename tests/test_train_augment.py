@@ -12,7 +12,6 @@ from legalign.pipeline.config_schema import ConfigError
 from legalign.training import train as train_mod
 from legalign.training.augment import build_augmentation
 from legalign.training.datasets import SyntheticDataset
-from legalign.training.samples import film_from_annotated
 from legalign.training.train import Sampler, load_train_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
@@ -42,7 +41,7 @@ def test_augmentation_section_is_validated(tmp_path):
 
 def test_sampler_cuts_samples_from_the_augmented_film(tmp_path, monkeypatch):
     cfg = _config_with(tmp_path, ONLY_FLIP)
-    film = film_from_annotated(SyntheticDataset(1, seed=3, size="small")[0])
+    film = SyntheticDataset(1, seed=3, size="small")[0]
     seen = []
 
     def capture(f, spec, aug, rng):

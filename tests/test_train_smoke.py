@@ -16,7 +16,7 @@ import yaml
 
 from legalign.pipeline.config_schema import ConfigError
 from legalign.pipeline.locate import Locator
-from legalign.training import train as train_mod
+from legalign.training import engine as train_engine
 from legalign.training.train import load_train_config, train
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
@@ -49,7 +49,7 @@ def test_resume_continues_after_interruption(tmp_path, monkeypatch):
     cfg.stages = ["coarse"]
     cfg.coarse.steps = 6
     cfg.checkpoint_every = 3
-    real_get = train_mod.Prefetcher.get
+    real_get = train_engine.Prefetcher.get
     calls = {"n": 0}
 
     def flaky_get(self):
@@ -58,12 +58,12 @@ def test_resume_continues_after_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_get(self)
 
-    monkeypatch.setattr(train_mod.Prefetcher, "get", flaky_get)
+    monkeypatch.setattr(train_engine.Prefetcher, "get", flaky_get)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, output_dir=tmp_path, log=lambda *a: None, progress=False)
     state = torch.load(tmp_path / "last.pt", weights_only=True)["train_state"]
     assert (state["stage_index"], state["step"]) == (0, 3)
-    monkeypatch.setattr(train_mod.Prefetcher, "get", real_get)
+    monkeypatch.setattr(train_engine.Prefetcher, "get", real_get)
     res = train(cfg, output_dir=tmp_path, resume=True, log=lambda *a: None, progress=False)
     assert len(res["stages"]["coarse"]) == 3  # steps 3, 4, 5
     assert (tmp_path / "final.pt").exists()

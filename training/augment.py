@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ def _prob(name: str, p: float) -> None:
         raise ConfigError(f"{name}: probability must be in [0, 1], got {p!r}")
 
 
-def _range(name: str, r: list[float], lo: float | None = None, hi: float | None = None) -> None:
+def _range(name: str, r: Sequence[float], lo: float | None = None, hi: float | None = None) -> None:
     if len(r) != 2 or r[0] > r[1]:
         raise ConfigError(f"{name}: must be [min, max] with min <= max, got {r!r}")
     if lo is not None and r[0] < lo:
@@ -285,6 +285,7 @@ def resample_film(
     """``resample`` applied to a whole film: image, every leg's points and the spacing."""
     names, pts = _flatten(film.legs)
     image, new = resample(film.image, pts, matrix, out_shape)
+    assert new is not None  # points in, points out
     legs = _unflatten(film.legs, names, new, out_shape if drop_outside else None, flip=False)
     return dataclasses.replace(
         film,
@@ -452,7 +453,7 @@ def _unflatten(
         new_points[i][n] = (float(x), float(y))
     out = []
     for leg, pts_i in zip(legs, new_points, strict=True):
-        side = ("left" if leg.side == "right" else "right") if flip else leg.side
+        side = leg.side.other if flip else leg.side
         conf = {n: c for n, c in leg.confidence.items() if n in pts_i}
         out.append(LegLandmarks(side=side, points=pts_i, confidence=conf, mirrored=leg.mirrored))
     return out
@@ -483,17 +484,6 @@ def affine_matrix(params: AugmentParams, shape: tuple[int, int]) -> np.ndarray:
     m = np.eye(3)
     m[:2, :2] = lin
     m[:2, 2] = c + t - lin @ c
-    return m
-
-
-def geometry_matrix(params: AugmentParams, shape: tuple[int, int]) -> np.ndarray:
-    """The 3 x 3 matrix of the whole geometric step (flip first, then affine)."""
-    h, w = shape
-    m = np.eye(3)
-    if params.flip:
-        m = np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    if params.affine:
-        m = affine_matrix(params, shape) @ m
     return m
 
 

@@ -252,7 +252,7 @@ def measurement_summary(legs: Sequence[LegEvaluation]) -> dict[str, dict[str, An
         ]
         if not pairs and name in EXTRA_MEASURES:
             continue
-        d = np.array([p - g for g, p in pairs], dtype=np.float64)
+        d = np.array([p - g for g, p in pairs], dtype=np.float64)  # type: ignore[operator]
         if d.size == 0:
             out[name] = {"n": 0}
             continue
@@ -427,7 +427,7 @@ def error_histogram(errors: Sequence[float], path: str | Path, unit: str = "mm")
         if e.size:
             hi = float(np.percentile(e, 99)) if e.size > 10 else float(e.max())
             bins = np.linspace(0, max(hi, 1e-6) * 1.05, 40)
-            ax.hist(np.clip(e, 0, bins[-1]), bins=bins, color="tab:blue", alpha=0.8)
+            ax.hist(np.clip(e, 0, bins[-1]), bins=bins, color="tab:blue", alpha=0.8)  # type: ignore[arg-type]
             if unit == "mm":
                 for t in SUCCESS_THRESHOLDS_MM:
                     ax.axvline(t, color="r", ls=":", lw=1)
@@ -457,11 +457,11 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"report": out / "report.json"}
     paths["report"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    hka = [
-        (ev.gt_measures["hka_deg"], ev.pred_measures["hka_deg"])
-        for ev in legs
-        if ev.gt_measures.get("hka_deg") is not None and ev.pred_measures.get("hka_deg") is not None
-    ]
+    hka: list[tuple[float, float]] = []
+    for ev in legs:
+        g, p = ev.gt_measures.get("hka_deg"), ev.pred_measures.get("hka_deg")
+        if g is not None and p is not None:
+            hka.append((g, p))
     paths["bland_altman"] = bland_altman_plot(
         [g for g, _ in hka], [p for _, p in hka], out / "bland_altman_hka.png"
     )

@@ -31,6 +31,7 @@ from legalign.models.crops import (
 )
 from legalign.models.spec import CropSpec, LocatorSpec
 from legalign.pipeline.landmarks import LegLandmarks
+from legalign.training.datasets.base import AnnotatedFilm
 
 
 @dataclass
@@ -69,17 +70,6 @@ class SampleAug:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass
-class TrainFilm:
-    """A film held in memory for sampling."""
-
-    image: np.ndarray  # float32 H x W [0, 1]
-    legs: list[LegLandmarks]
-    source: str = ""
-    spacing_mm: float | None = None
-    mirrored: bool | None = None  # what DICOM orientation would say (None: unknown)
 
 
 def femur_length(leg: LegLandmarks) -> float | None:
@@ -123,7 +113,7 @@ def _random_similarity(
 
 
 def coarse_sample(
-    film: TrainFilm, spec: LocatorSpec, aug: SampleAug | None, rng: np.random.Generator
+    film: AnnotatedFilm, spec: LocatorSpec, aug: SampleAug | None, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input (Hc, Wc), target (Kc, h, w), channel mask (Kc,)) for the coarse network."""
     hc_, wc = spec.coarse_height, spec.coarse_width
@@ -145,7 +135,7 @@ def coarse_sample(
     mask = np.ones(len(names), dtype=np.float32)
     for leg in film.legs:
         pts = np.array([leg.points.get(n, (np.nan, np.nan)) for n in names], dtype=np.float64)
-        valid = np.isfinite(pts).all(axis=1)
+        valid = np.asarray(np.isfinite(pts).all(axis=1))
         mask[~valid] = 0.0
         hm_pts = hc.to_heatmap(apply_affine(A, np.nan_to_num(pts)), stride)
         target = np.maximum(target, hc.encode(hm_pts, valid, shape, spec.coarse_net.sigma))
@@ -153,7 +143,7 @@ def coarse_sample(
 
 
 def fine_sample(
-    film: TrainFilm,
+    film: AnnotatedFilm,
     leg: LegLandmarks,
     crop: CropSpec,
     spec: LocatorSpec,
@@ -199,19 +189,8 @@ def fine_sample(
     stride = spec.fine_net.out_stride
     names = spec.fine_landmarks
     gt = np.array([leg.points.get(n, (np.nan, np.nan)) for n in names], dtype=np.float64)
-    valid = np.isfinite(gt).all(axis=1)
+    valid = np.asarray(np.isfinite(gt).all(axis=1))
     hm_pts = hc.to_heatmap(apply_affine(A, np.nan_to_num(gt)), stride)
     shape = (s // stride, s // stride)
     target = hc.encode(hm_pts, valid, shape, spec.fine_net.sigma)
-    return img, target, valid.astype(np.float32)
-
-
-def film_from_annotated(film) -> TrainFilm:
-    """``training.datasets.AnnotatedFilm`` -> ``TrainFilm`` (legs with their film's mirroring)."""
-    return TrainFilm(
-        image=np.ascontiguousarray(film.image, dtype=np.float32),
-        legs=list(film.legs),
-        source=str(film.source),
-        spacing_mm=film.spacing_mm,
-        mirrored=getattr(film, "mirrored", None),
-    )
+    return img, target, np.asarray(valid, dtype=np.float32)

@@ -8,40 +8,70 @@ AdamW with a linear warm-up and a cosine decay, weighted MSE on Gaussian heatmap
 masked).  Mixed precision on CUDA when ``amp: true``; several GPUs with torchrun (DDP,
 one process per GPU, rank 0 logs and saves); CPU otherwise.
 
+``train`` reads as its steps: ``start_run`` (torchrun, output folder, device, seed),
+``build_networks`` (or resume), ``load_films``, ``train_stage`` per stage
+(``training.engine``: sampler, prefetcher, loss, schedule, checkpoints), ``save_final``,
+``evaluate_validation`` (``training.evaluate``, the path of ``legalign evaluate``).
+
+Paths: dataset paths relative to the config file's folder; ``output_dir`` and
+``export.path`` relative to the working directory.  Training never writes inside the
+installed package (``legalign export CKPT --as-default`` replaces the shipped model).
+
 Outputs in ``output_dir``: ``metrics.jsonl`` (one JSON object per log line: stage, step,
 loss, lr, samples/s; and evaluation results), ``last.pt`` (resumable: weights, config,
 landmark names, version, optimiser and RNG state), ``final.pt`` and ``eval.json``; with
-``export.path`` set, a half-precision copy without training state (the shipped weights).
+``export.path`` set, a half-precision copy without training state.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import queue
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+import torch
+import torch.distributed as dist
 
+from legalign.models.checkpoint import (
+    build_nets,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+    shipped_copy,
+)
 from legalign.models.spec import LocatorSpec
+from legalign.pipeline.coarse_to_fine import locate_radiographs
 from legalign.pipeline.config_schema import (
     ConfigError,
     deep_merge,
     from_mapping,
     read_yaml,
 )
-from legalign.training.samples import (
-    SampleAug,
-    TrainFilm,
-    coarse_sample,
-    film_from_annotated,
-    fine_sample,
+from legalign.pipeline.geometry_config import load_geometry_config
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.locate import Locator
+from legalign.pipeline.radiograph import Radiograph
+from legalign.training.augment import build_augmentation
+from legalign.training.datasets import (
+    AnnotatedFilm,
+    SubsetFilms,
+    in_memory,
+    load_dataset,
+    split_indices,
 )
+from legalign.training.engine import (
+    RunContext,
+    Sampler,
+    StageConfig,
+    StageState,
+    pick_device,
+    train_stage,
+)
+from legalign.training.evaluate import evaluate_films, format_report, summarise
 
 STAGES = ("coarse", "fine")
 
@@ -79,25 +109,6 @@ class DatasetEntry:
         if self.holdout is None:
             return self.spec
         return f"{self.spec}#{self.holdout.part}"
-
-
-@dataclass
-class StageConfig:
-    steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    pos_weight: float
-    augment: SampleAug
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise ConfigError(f"steps: must be >= 0, got {self.steps}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
 
 
 @dataclass
@@ -188,10 +199,10 @@ def _resolve_dataset_paths(data: dict[str, Any], folder: Path) -> None:
                 entry["spec"] = str(folder / Path(spec).expanduser())
 
 
-def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainFilm], float]]:
+def load_films(
+    entries: list[DatasetEntry], log: Callable[..., None] = print
+) -> list[tuple[list[AnnotatedFilm], float]]:
     """Load every dataset into memory: [(films, weight)]."""
-    from legalign.training.datasets import SubsetFilms, load_dataset, split_indices
-
     out = []
     for e in entries:
         t0 = time.time()
@@ -201,445 +212,140 @@ def load_films(entries: list[DatasetEntry], log=print) -> list[tuple[list[TrainF
             train, held = split_indices(len(ds), e.holdout.fraction, e.holdout.seed)
             ds = SubsetFilms(ds, train if e.holdout.part == "train" else held)
             what = f"{e.label} (holdout seed {e.holdout.seed})"
-        films = [film_from_annotated(ds[i]) for i in range(len(ds))]
+        films = [in_memory(ds[i]) for i in range(len(ds))]
         log(f"loaded {len(films)} films from {what} in {time.time() - t0:.1f} s")
         out.append((films, e.weight))
     return out
-
-
-class Sampler:
-    """Draws batches for one stage from weighted datasets; reproducible from its seed."""
-
-    def __init__(
-        self,
-        stage: str,
-        data,
-        spec: LocatorSpec,
-        cfg: StageConfig,
-        seed: int,
-        film_augment=None,
-    ) -> None:
-        self.stage, self.spec, self.cfg = stage, spec, cfg
-        # augment(AnnotatedFilm, rng) -> AnnotatedFilm (training.augment.build_augmentation)
-        self.film_augment = film_augment
-        self.datasets = [(f, w) for f, w in data if f and w > 0]
-        if not self.datasets:
-            raise ConfigError("train_data: no films to sample from")
-        w = np.array([wt for _, wt in self.datasets], dtype=np.float64)
-        self.ds_p = w / w.sum()
-        self.rng = np.random.default_rng(seed)
-
-    def one(self):
-        rng = self.rng
-        for _ in range(100):
-            films = self.datasets[int(rng.choice(len(self.datasets), p=self.ds_p))][0]
-            film = films[int(rng.integers(len(films)))]
-            if self.film_augment is not None:
-                film = self._augmented(film, rng)
-            if self.stage == "coarse":
-                return coarse_sample(film, self.spec, self.cfg.augment, rng)
-            if not film.legs:
-                continue
-            leg = film.legs[int(rng.integers(len(film.legs)))]
-            crop = self.spec.crops[int(rng.integers(len(self.spec.crops)))]
-            s = fine_sample(film, leg, crop, self.spec, self.cfg.augment, rng)
-            if s is not None:
-                return s
-        raise RuntimeError("could not draw a usable training sample in 100 tries")
-
-    def _augmented(self, film: TrainFilm, rng: np.random.Generator) -> TrainFilm:
-        from legalign.training.datasets import AnnotatedFilm
-
-        out = self.film_augment(
-            AnnotatedFilm(
-                source=film.source,
-                image=film.image,
-                legs=list(film.legs),
-                spacing_mm=film.spacing_mm,
-                mirrored=film.mirrored,
-            ),
-            rng,
-        )
-        return TrainFilm(
-            image=out.image,
-            legs=list(out.legs),
-            source=out.source,
-            spacing_mm=out.spacing_mm,
-            mirrored=out.mirrored,
-        )
-
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        xs, ts, ms = zip(*(self.one() for _ in range(n)), strict=True)
-        return np.stack(xs)[:, None], np.stack(ts), np.stack(ms)
-
-
-class Prefetcher:
-    """Makes batches in a background thread (OpenCV and NumPy release the GIL)."""
-
-    def __init__(self, sampler: Sampler, batch_size: int, depth: int = 2) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.sampler, self.batch_size = sampler, batch_size
-        self.thread = threading.Thread(target=self._work, daemon=True)
-        self.thread.start()
-
-    def _work(self) -> None:
-        while not self.stop.is_set():
-            try:
-                item = self.sampler.batch(self.batch_size)
-            except Exception as exc:  # noqa: BLE001 - surfaced in the main thread
-                item = exc
-            while not self.stop.is_set():
-                try:
-                    self.q.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-
-    def get(self):
-        item = self.q.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
-def heatmap_loss(pred, target, mask, pos_weight: float):
-    """Masked, positive-weighted MSE (mean over batch, channels and pixels)."""
-    w = 1.0 + pos_weight * target
-    err = (pred - target) ** 2 * w
-    m = mask[:, :, None, None]
-    return (err * m).sum() / (m.sum() * pred.shape[-1] * pred.shape[-2]).clamp_min(1.0)
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if total <= warmup:
-        return 1.0
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return torch.device(f"cuda:{local}")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for but CUDA is not available")
-    return dev
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
 def train(
     cfg: TrainConfig,
     output_dir: str | Path | None = None,
     resume: bool = False,
-    log=print,
+    log: Callable[..., None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the configured stages; returns {"stages": {name: [losses...]}, "eval": {...}}."""
-    import torch
-    import torch.distributed as dist
+    """Run the configured stages; returns {"stages": {name: [losses...]}, "output_dir",
+    "export" (when written), "eval": {dataset: report} (when ``val_data``)}."""
+    run = start_run(cfg, output_dir, log, progress)
+    nets, state = build_networks(cfg, run, resume)
+    data = load_films(cfg.train_data, log=log if run.is_main else (lambda *_: None))
+    film_augment = build_augmentation(cfg.augmentation) if cfg.augmentation is not None else None
+    history: dict[str, list[float]] = {}
+    for si in range(state.stage_index, len(cfg.stages)):
+        stage = cfg.stages[si]
+        scfg: StageConfig = getattr(cfg, stage)
+        sampler = Sampler(
+            stage,
+            data,
+            cfg.model,
+            scfg,
+            seed=cfg.seed * 1000 + si * 100 + run.rank,
+            film_augment=film_augment,
+        )
+        history[stage] = train_stage(
+            run,
+            stage,
+            si,
+            nets,
+            cfg.model,
+            scfg,
+            sampler,
+            state,
+            amp=cfg.amp,
+            log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every,
+            config=config_to_dict(cfg),
+        )
+    result: dict[str, Any] = {"stages": history, "output_dir": str(run.out)}
+    if run.is_main:
+        result.update(save_final(cfg, run, nets))
+        if cfg.val_data:
+            result["eval"] = evaluate_validation(cfg, run, nets)
+    end_run(run)
+    return result
 
-    from legalign.models.checkpoint import (
-        build_nets,
-        load_checkpoint,
-        make_checkpoint,
-        save_checkpoint,
-    )
 
+def start_run(
+    cfg: TrainConfig, output_dir: str | Path | None, log: Callable[..., None], progress: bool
+) -> RunContext:
+    """Join a torchrun job when there is one; the output folder (relative: to the working
+    directory), threads, device, seed."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         rank = dist.get_rank()
-    is_main = rank == 0
-    out = Path(output_dir or cfg.output_dir)  # relative: to the working directory
-    if is_main:
+    out = Path(output_dir or cfg.output_dir)
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed + rank)
-    spec = cfg.model
-    coarse_net, fine_net = build_nets(spec, pretrained=cfg.pretrained)
-    nets = {"coarse": coarse_net.to(device), "fine": fine_net.to(device)}
-    cfg_dict = config_to_dict(cfg)
+    return RunContext(out, device, rank, distributed, log, progress)
 
-    state: dict[str, Any] = {"stage_index": 0, "step": 0}
-    last = out / "last.pt"
+
+def build_networks(
+    cfg: TrainConfig, run: RunContext, resume: bool
+) -> tuple[dict[str, torch.nn.Module], StageState]:
+    """Both networks on the run's device, from ``last.pt`` when resuming."""
+    coarse_net, fine_net = build_nets(cfg.model, pretrained=cfg.pretrained)
+    nets = {"coarse": coarse_net.to(run.device), "fine": fine_net.to(run.device)}
+    state = StageState()
     if resume:
+        last = run.out / "last.pt"
         if not last.exists():
             raise ConfigError(f"--resume: no checkpoint at {last}")
         ck = load_checkpoint(last)
         nets["coarse"].load_state_dict(ck["coarse"])
         nets["fine"].load_state_dict(ck["fine"])
-        state = dict(ck.get("train_state", state))
-        log(f"resumed from {last}: stage {state['stage_index']}, step {state['step']}")
+        state = StageState.from_dict(dict(ck.get("train_state", {})))
+        run.log(f"resumed from {last}: stage {state.stage_index}, step {state.step}")
+    return nets, state
 
-    data = load_films(cfg.train_data, log=log if is_main else (lambda *_: None))
-    film_augment = None
-    if cfg.augmentation is not None:
-        from legalign.training.augment import build_augmentation
 
-        film_augment = build_augmentation(cfg.augmentation)
-    metrics_path = out / "metrics.jsonl"
+def save_final(
+    cfg: TrainConfig, run: RunContext, nets: dict[str, torch.nn.Module]
+) -> dict[str, Any]:
+    """``final.pt`` in the output folder and, with ``export.path``, a half-precision copy
+    without training state there (relative: to the working directory)."""
+    config = config_to_dict(cfg)
+    final = make_checkpoint(cfg.model, nets["coarse"], nets["fine"], config)
+    save_checkpoint(final, run.out / "final.pt")
+    if not cfg.export.path:
+        return {}
+    dest = Path(cfg.export.path)
+    save_checkpoint(shipped_copy(final, half=cfg.export.half), dest)
+    run.log(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+    return {"export": str(dest)}
 
-    def write_metrics(rec: dict) -> None:
-        if is_main:
-            with metrics_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec) + "\n")
 
-    history: dict[str, list[float]] = {}
-    for si in range(int(state["stage_index"]), len(cfg.stages)):
-        stage = cfg.stages[si]
-        scfg: StageConfig = getattr(cfg, stage)
-        net = nets[stage]
-        net.train()
-        model = net
-        if distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        opt = torch.optim.AdamW(net.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
-        start = int(state["step"]) if si == int(state["stage_index"]) else 0
-        sampler = Sampler(
-            stage,
-            data,
-            spec,
-            scfg,
-            seed=cfg.seed * 1000 + si * 100 + rank,
-            film_augment=film_augment,
-        )
-        if start > 0 and "opt" in state:
-            opt.load_state_dict(state["opt"])
-            sampler.rng.bit_generator.state = state["rng"]
-        use_amp = bool(cfg.amp and device.type == "cuda")
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        prefetch = Prefetcher(sampler, scfg.batch_size)
-        losses: list[float] = []
-        t0 = time.time()
-        bar = None
-        if progress and is_main:
-            from tqdm import tqdm
+def evaluate_validation(
+    cfg: TrainConfig, run: RunContext, nets: dict[str, torch.nn.Module]
+) -> dict[str, Any]:
+    """Each ``val_data`` set through ``training.evaluate`` (the path of ``legalign
+    evaluate``); the reports go to ``eval.json`` and ``metrics.jsonl``."""
+    locator = Locator(cfg.model, nets["coarse"].cpu(), nets["fine"].cpu(), device="cpu")
+    geometry = load_geometry_config()
 
-            bar = tqdm(
-                total=scfg.steps,
-                initial=start,
-                desc=f"train {stage}",
-                unit="step",
-                dynamic_ncols=True,
-            )
-        try:
-            for step in range(start, scfg.steps):
-                lr = scfg.lr * lr_factor(step, scfg.steps, scfg.warmup_steps)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x, t, m = prefetch.get()
-                x = torch.from_numpy(x).to(device)
-                t = torch.from_numpy(t).to(device)
-                m = torch.from_numpy(m).to(device)
-                with torch.autocast(device_type=device.type, enabled=use_amp):
-                    y = model(x)
-                loss = heatmap_loss(y.float(), t, m, scfg.pos_weight)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                lv = float(loss.detach())
-                losses.append(lv)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{lv:.5f}", lr=f"{lr:.2e}")
-                done = step + 1
-                if done % cfg.log_every == 0 or done == scfg.steps:
-                    el = time.time() - t0
-                    recent = losses[-cfg.log_every :]
-                    write_metrics(
-                        {
-                            "stage": stage,
-                            "step": done,
-                            "loss": float(np.mean(recent)),
-                            "lr": lr,
-                            "samples_per_s": (done - start) * scfg.batch_size / max(el, 1e-9),
-                            "elapsed_s": el,
-                        }
-                    )
-                if is_main and (done % cfg.checkpoint_every == 0 or done == scfg.steps):
-                    nxt = {"stage_index": si, "step": done}
-                    if done == scfg.steps:
-                        nxt = {"stage_index": si + 1, "step": 0}
-                    else:
-                        nxt["opt"] = opt.state_dict()
-                        nxt["rng"] = _rng_state(sampler.rng)
-                    save_checkpoint(
-                        make_checkpoint(
-                            spec, nets["coarse"], nets["fine"], cfg_dict, train_state=nxt
-                        ),
-                        last,
-                    )
-        finally:
-            prefetch.close()
-            if bar is not None:
-                bar.close()
-        net.eval()
-        history[stage] = losses
-        state = {"stage_index": si + 1, "step": 0}
+    def predict(radiograph: Radiograph) -> list[LegLandmarks]:
+        return locate_radiographs(locator, [radiograph])[0]
 
-    result: dict[str, Any] = {"stages": history, "output_dir": str(out)}
-    if is_main:
-        final = make_checkpoint(spec, nets["coarse"], nets["fine"], cfg_dict)
-        save_checkpoint(final, out / "final.pt")
-        if cfg.export.path:
-            dest = Path(cfg.export.path)  # relative: to the working directory
-            save_checkpoint(
-                make_checkpoint(spec, nets["coarse"], nets["fine"], cfg_dict, half=cfg.export.half),
-                dest,
-            )
-            log(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
-            result["export"] = str(dest)
-        if cfg.val_data:
-            from legalign.pipeline.locate import Locator
+    evals = {}
+    for entry, (films, _) in zip(cfg.val_data, load_films(cfg.val_data, log=run.log), strict=True):
+        legs, failures, timing = evaluate_films(films, predict, geometry_cfg=geometry)
+        evals[entry.label] = summarise(legs, failures, extra={"dataset": entry.label, **timing})
+        run.log(f"eval {entry.label}:\n{format_report(evals[entry.label])}")
+    (run.out / "eval.json").write_text(json.dumps(evals, indent=2), encoding="utf-8")
+    run.write_metrics({"eval": evals})
+    return evals
 
-            loc = Locator(spec, nets["coarse"].cpu(), nets["fine"].cpu(), device="cpu")
-            evals = {}
-            for entry, (films, _) in zip(
-                cfg.val_data, load_films(cfg.val_data, log=log), strict=True
-            ):
-                evals[entry.label] = evaluate_films(loc, films)
-                log(format_eval(entry.label, evals[entry.label]))
-            result["eval"] = evals
-            (out / "eval.json").write_text(json.dumps(evals, indent=2), encoding="utf-8")
-            write_metrics({"eval": evals})
-    if distributed:
+
+def end_run(run: RunContext) -> None:
+    if run.distributed:
         dist.destroy_process_group()
-    return result
-
-
-def _match_legs(pred, gt):
-    """Pairs (gt leg, predicted leg) by nearest knee (or any shared landmark)."""
-    pairs = []
-    used: set[int] = set()
-    for g in gt:
-        best, bd = None, float("inf")
-        for j, p in enumerate(pred):
-            if j in used:
-                continue
-            common = [
-                n
-                for n in ("knee_centre", "femoral_head", "ankle_centre")
-                if n in g.points and n in p.points
-            ]
-            if not common:
-                continue
-            d = float(np.mean([np.hypot(*np.subtract(g.points[n], p.points[n])) for n in common]))
-            if d < bd:
-                best, bd = j, d
-        if best is not None:
-            used.add(best)
-            pairs.append((g, pred[best]))
-        else:
-            pairs.append((g, None))
-    return pairs
-
-
-def evaluate_films(locator, films: list[TrainFilm], batch: int = 8) -> dict[str, Any]:
-    """Landmark errors (px, and mm where the film has a spacing), HKA errors, side accuracy."""
-    from legalign.pipeline.coarse_to_fine import locate_radiographs
-    from legalign.pipeline.landmarks import LANDMARK_NAMES
-    from legalign.pipeline.measure import measure_leg
-    from legalign.pipeline.radiograph import Radiograph
-
-    err_px: dict[str, list[float]] = {n: [] for n in LANDMARK_NAMES}
-    err_mm: dict[str, list[float]] = {n: [] for n in LANDMARK_NAMES}
-    hka_err: list[float] = []
-    side_ok, legs_total, legs_found = 0, 0, 0
-    t_total = 0.0
-    for i in range(0, len(films), batch):
-        chunk = films[i : i + batch]
-        # the film's orientation as its DICOM header would give it (None when unknown)
-        rgs = [
-            Radiograph(path=f.source, pixels=f.image, spacing_mm=f.spacing_mm, mirrored=f.mirrored)
-            for f in chunk
-        ]
-        t0 = time.perf_counter()
-        preds = locate_radiographs(locator, rgs)
-        t_total += time.perf_counter() - t0
-        for f, pred in zip(chunk, preds, strict=True):
-            for g, p in _match_legs(pred, f.legs):
-                legs_total += 1
-                if p is None:
-                    continue
-                legs_found += 1
-                side_ok += int(p.side == g.side)
-                for n, gxy in g.points.items():
-                    if n in p.points:
-                        e = float(np.hypot(*np.subtract(p.points[n], gxy)))
-                        err_px[n].append(e)
-                        if f.spacing_mm:
-                            err_mm[n].append(e * f.spacing_mm)
-                if g.has("femoral_head", "knee_centre", "ankle_centre") and p.has(
-                    "femoral_head", "knee_centre", "ankle_centre"
-                ):
-                    hg = measure_leg(g, None).hka_deg
-                    hp = measure_leg(p, None).hka_deg
-                    if hg is not None and hp is not None:
-                        hka_err.append(abs(hp - hg))
-
-    def stats(v: list[float]) -> dict[str, float] | None:
-        if not v:
-            return None
-        a = np.asarray(v)
-        return {
-            "mean": float(a.mean()),
-            "median": float(np.median(a)),
-            "max": float(a.max()),
-            "n": len(v),
-        }
-
-    return {
-        "films": len(films),
-        "legs": legs_total,
-        "legs_found": legs_found,
-        "side_accuracy": side_ok / max(1, legs_found),
-        "mre_px": {n: stats(v) for n, v in err_px.items()},
-        "mre_mm": {n: stats(v) for n, v in err_mm.items() if v},
-        "hka_abs_err_deg": stats(hka_err),
-        "seconds_per_film": t_total / max(1, len(films)),
-    }
-
-
-def format_eval(name: str, ev: dict[str, Any]) -> str:
-    lines = [
-        f"eval {name}: {ev['films']} films, legs found {ev['legs_found']}/{ev['legs']}, "
-        f"side accuracy {ev['side_accuracy']:.3f}, {ev['seconds_per_film']:.3f} s/film"
-    ]
-    for n, s in ev["mre_px"].items():
-        if s:
-            mm = ev["mre_mm"].get(n)
-            extra = f"  ({mm['mean']:.2f} mm mean, {mm['max']:.2f} max)" if mm else ""
-            lines.append(
-                f"  {n:24s} {s['mean']:7.2f} px mean {s['median']:7.2f} median {s['max']:7.2f} max{extra}"
-            )
-    h = ev["hka_abs_err_deg"]
-    if h:
-        lines.append(
-            f"  HKA abs error: {h['mean']:.3f} deg mean, {h['median']:.3f} median, {h['max']:.3f} max"
-        )
-    return "\n".join(lines)

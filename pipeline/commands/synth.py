@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import ModuleType
+
+import numpy as np
 
 from legalign.pipeline.errors import InputError
 
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     sheet = Path(args.contact_sheet) if args.contact_sheet else None
     if sheet is not None and sheet.suffix.lower() != ".png":
         raise InputError(f"{sheet}: --contact-sheet must be a .png path")
-    dicom = None
+    dicom: ModuleType | None = None
     if args.fmt in ("dicom", "both"):
         try:
             from legalign.training.synth import dicom_archive as dicom
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         f"legalign synthetic full-leg films (seed {args.seed}, legs {args.legs}, "
         f"size {args.size}); landmarks exact, see docs/synthetic.md"
     )
-    thumbs = []
+    thumbs: list[np.ndarray] = []
     for i in tqdm(range(args.n), desc="synth", unit="film"):
         fseed = film_seed(args.seed, i)
         film = generate_film(

@@ -37,8 +37,9 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 
 from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
@@ -295,9 +296,10 @@ class LocalEngine:
         shared = [SharedFilm(p.shm_name or "", p.shape) for _, p in batch]
         try:
             films: list[Film] = [
-                film_of(p.info, s.array) for (_, p), s in zip(batch, shared, strict=True)
+                film_of(p.info, s.view()) for (_, p), s in zip(batch, shared, strict=True)
             ]
-            legs_all = locate_films(self.locator, films, coarse_inputs=[p.coarse for _, p in batch])
+            coarse = cast(list[np.ndarray], [p.coarse for _, p in batch])  # cut by prepare
+            legs_all = locate_films(self.locator, films, coarse_inputs=coarse)
         except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
             for s in shared:
                 s.release()

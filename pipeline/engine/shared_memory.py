@@ -34,6 +34,11 @@ class SharedFilm:
         self.shm = shared_memory.SharedMemory(name=name)
         self.array: np.ndarray | None = np.ndarray(shape, dtype=np.float32, buffer=self.shm.buf)
 
+    def view(self) -> np.ndarray:
+        """The film's pixels (valid until ``release``)."""
+        assert self.array is not None, "released"
+        return self.array
+
     def release(self) -> None:
         self.array = None
         try:

@@ -285,9 +285,3 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not ok:
         raise OSError("PNG encoding failed")
     return buf.tobytes()
-
-
-def write_png(rgb: np.ndarray, path: Any) -> None:
-    """Write an RGB image as PNG."""
-    with open(path, "wb") as fh:
-        fh.write(encode_png(rgb))

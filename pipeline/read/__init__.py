@@ -129,9 +129,9 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
     else:
         from legalign.pipeline.read.raster import raster_header
 
-        header = raster_header(p, kind)
-        width, height = header["width"], header["height"]
-        info.update(width=width, height=height, bits_stored=header["bits"])
+        raster = raster_header(p, kind)
+        width, height = raster["width"], raster["height"]
+        info.update(width=width, height=height, bits_stored=raster["bits"])
         if width * height > max_pixels:
             raise TooLargeError(
                 f"{p}: image too large ({width} x {height} = {width * height} pixels > "

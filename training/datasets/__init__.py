@@ -24,13 +24,14 @@ import numpy as np
 
 from legalign.pipeline.errors import InputError
 
-from .base import AnnotatedFilm, FilmDataset, load_image
+from .base import AnnotatedFilm, FilmDataset, in_memory, load_image
 from .coco import CocoKeypointDataset
 from .labelme import LabelMeDataset
 from .synthetic import SyntheticDataset
 from .tabular import CsvDataset
 
 __all__ = [
+    "in_memory",
     "AnnotatedFilm",
     "CocoKeypointDataset",
     "ConcatFilms",

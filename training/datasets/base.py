@@ -7,6 +7,7 @@ the top-left pixel, so a point inside the image satisfies ``-0.5 <= x <= W - 0.5
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,12 @@ class AnnotatedFilm:
         )
 
 
+def in_memory(film: AnnotatedFilm) -> AnnotatedFilm:
+    """``film`` with its image as a contiguous float32 array (for sampling many times)."""
+    image = np.ascontiguousarray(film.image, dtype=np.float32)
+    return film if image is film.image else dataclasses.replace(film, image=image)
+
+
 class FilmDataset(Sequence):
     """Base class: a sequence of ``AnnotatedFilm`` with lazily loaded (optionally cached) images."""
 
@@ -84,7 +91,7 @@ class FilmDataset(Sequence):
     def _load(self, index: int) -> AnnotatedFilm:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         n = len(self)
@@ -206,7 +213,8 @@ def make_leg(
     side: str, points: dict[str, tuple[float, float]], mirrored: bool, where: str
 ) -> LegLandmarks:
     try:
-        return LegLandmarks(side=side, points=points, mirrored=bool(mirrored))
+        # a str from the file: LegLandmarks validates it and makes it a Side
+        return LegLandmarks(side=side, points=points, mirrored=bool(mirrored))  # type: ignore[arg-type]
     except LegalignError as exc:
         raise InputError(f"{where}: {exc}") from None
 

@@ -86,7 +86,7 @@ def parse_labelme(
             raise InputError(f"{f}: shape {k} has no label")
         if "/" in label:
             side_text, name = label.split("/", 1)
-            side = check_side(side_text, f"{f}: point {label!r}")
+            side: str | None = check_side(side_text, f"{f}: point {label!r}")
         else:
             name = label
             side = _side_from_flags(shape.get("flags")) or file_side
@@ -106,6 +106,7 @@ def parse_labelme(
             raise InputError(f"{f}: point {label!r} must hold exactly one [x, y]")
         x, y = float(pts[0][0]) - shift, float(pts[0][1]) - shift
         check_inside(name, x, y, width, height, f)
+        assert side is not None  # checked above
         leg = legs.setdefault(side, {})
         if name in leg:
             raise InputError(f"{f}: landmark {name!r} given twice for the {side} leg")

@@ -38,9 +38,9 @@ def assemble(thumbs: list[np.ndarray], gap: int = 6, per_row: int = 8) -> np.nda
         return np.zeros((h, w, *extra), np.uint8)
 
     rows = []
-    for r in range(0, len(thumbs), per_row):
-        row = []
-        for t in thumbs[r : r + per_row]:
+    for start in range(0, len(thumbs), per_row):
+        row: list[np.ndarray] = []
+        for t in thumbs[start : start + per_row]:
             row += [t, black(t.shape[0], gap)]
         rows.append(np.hstack(row[:-1]))
     width = max(r.shape[1] for r in rows)

@@ -246,7 +246,7 @@ def _code_item(value: str, scheme: str, meaning: str):
 def build_dataset(film: FilmLike, options: DicomOptions, *, index: int, seed: int):
     """The complete pydicom ``FileDataset`` (uncompressed PixelData) for one film."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     options.validate()
     stored = stored_pixel_array(film, options)
@@ -261,8 +261,8 @@ def build_dataset(film: FilmLike, options: DicomOptions, *, index: int, seed: in
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "LEGALIGN_SYN"

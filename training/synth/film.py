@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from legalign.pipeline.enums import Side
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
 
@@ -520,7 +521,7 @@ def generate_film(
 
     # ---------------------------------------------------------------- exposure
     ex = tex_rng
-    v = L
+    v: np.ndarray = L
     n_seg = int(ex.choice([1, 2, 3], p=[0.25, 0.35, 0.4])) if distractors else 1
     bounds = [0]
     for k in range(1, n_seg):
@@ -591,7 +592,7 @@ def generate_film(
             if mirrored:
                 x = (W - 1.0) - x
             pts[name] = (float(x), float(y))
-        leg_objs.append(LegLandmarks(side=side, points=pts, mirrored=mirrored))
+        leg_objs.append(LegLandmarks(side=Side(side), points=pts, mirrored=mirrored))
         align_out[side] = m.params()
         if mirrored:
             for bone_name, poly in outlines[side].items():

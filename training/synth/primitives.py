@@ -67,7 +67,7 @@ class Ellipsoid:
             pts = pts[k]
         return pts
 
-    def path(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def path(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ux, uy = float(self.u[0]), float(self.u[1])
         dx = x - float(self.c[0])
         dy = y - float(self.c[1])
@@ -154,7 +154,7 @@ class Tube:
         caps = np.concatenate([self.p0 + self.r0 * ring, self.p1 + self.r1 * ring])
         return np.concatenate([corners, caps])
 
-    def path(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def path(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = self.p1 - self.p0
         length = float(np.hypot(d[0], d[1]))
         ux, uy = float(d[0]) / length, float(d[1]) / length
@@ -225,7 +225,7 @@ class Arc:
             [self.c + (self.radius + self.t) * ring, self.c + (self.radius - self.t) * ring[::-1]]
         )
 
-    def path(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def path(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         dx = x - float(self.c[0])
         dy = y - float(self.c[1])
         rho = np.hypot(dx, dy)
