@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from legalign.models.heatmap_net import build_model
 from legalign.models.spec import LocatorSpec, NetSpec
+from legalign.pipeline import __version__
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 
@@ -28,7 +30,6 @@ DEFAULT_WEIGHTS = WEIGHTS_DIR / "legalign_default.pt"
 
 
 def build_net(net: NetSpec, num_outputs: int, pretrained: bool = False) -> nn.Module:
-    from legalign.models.heatmap_net import build_model
 
     return build_model(
         net.arch,
@@ -54,7 +55,6 @@ def make_checkpoint(
     train_state: dict | None = None,
     half: bool = False,
 ) -> dict[str, Any]:
-    from legalign.pipeline import __version__
 
     def sd(m: nn.Module) -> dict[str, torch.Tensor]:
         out = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 
 # Femur length / tibia length: a leg's scale when its femoral head is not found.
@@ -131,7 +132,6 @@ def warp(
 
     Regions outside the image are filled with ``border``.
     """
-    import cv2
 
     out_h, out_w = out_shape
     h, w = image.shape[:2]

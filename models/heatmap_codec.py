@@ -14,6 +14,7 @@ of a landmark is the heatmap's peak value clipped to [0, 1] (the targets peak at
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 EPS = 1e-10
 
@@ -136,7 +137,6 @@ def find_peaks(
     heatmap: np.ndarray, threshold: float, min_distance: int, max_peaks: int
 ) -> list[tuple[int, int, float]]:
     """Local maxima of one (H, W) map above ``threshold``: [(ix, iy, value)], best first."""
-    from scipy.ndimage import maximum_filter
 
     size = 2 * int(min_distance) + 1
     mx = maximum_filter(heatmap, size=size, mode="constant", cval=-np.inf)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -77,7 +78,6 @@ class ResNetHeatmapNet(nn.Module):
         pretrained: bool = False,
     ) -> None:
         super().__init__()
-        import torchvision
 
         if depth not in (2, 3, 4):
             raise ValueError(f"depth must be 2, 3 or 4, got {depth}")

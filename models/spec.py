@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from legalign.models.heatmap_net import available_architectures
 from legalign.pipeline.config_schema import ConfigError, from_mapping
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 
@@ -30,7 +31,6 @@ class NetSpec:
     sigma: float  # target Gaussian sigma, heatmap pixels
 
     def validate(self) -> None:
-        from legalign.models.heatmap_net import available_architectures
 
         if self.arch not in available_architectures():
             raise ConfigError(

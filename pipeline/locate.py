@@ -30,8 +30,17 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
-from legalign.models.crops import joint_crop_matrix, leg_scale
+from legalign.models import heatmap_codec as hc
+from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
+from legalign.models.crops import (
+    apply_affine,
+    invert_affine,
+    joint_crop_matrix,
+    leg_scale,
+    letterbox_matrix,
+)
 from legalign.pipeline.enums import Side
 from legalign.pipeline.landmarks import LegLandmarks
 
@@ -98,7 +107,6 @@ class LocatorGeometry:
 
     # ------------------------------------------------------------------ coarse
     def coarse_matrix(self, height: int, width: int) -> np.ndarray:
-        from legalign.models.crops import letterbox_matrix
 
         return letterbox_matrix(height, width, self.spec.coarse_height, self.spec.coarse_width)
 
@@ -107,8 +115,6 @@ class LocatorGeometry:
 
         Uses only the film's size and its DICOM ``mirrored``/``laterality``.
         """
-        from legalign.models import heatmap_codec as hc
-        from legalign.models.crops import apply_affine, invert_affine
 
         spec = self.spec
         stride = spec.coarse_net.out_stride
@@ -216,8 +222,6 @@ class LocatorGeometry:
     def _fine_points(
         self, inputs: FineInputs, heatmaps: np.ndarray
     ) -> dict[int, dict[str, tuple[tuple[float, float], float]]]:
-        from legalign.models import heatmap_codec as hc
-        from legalign.models.crops import apply_affine, invert_affine
 
         stride = self.spec.fine_net.out_stride
         found: dict[int, dict[str, tuple[tuple[float, float], float]]] = {}
@@ -292,7 +296,6 @@ class Locator(LocatorGeometry):
     """The geometry with its two heatmap networks on a device."""
 
     def __init__(self, spec, coarse_net, fine_net, device="cpu", batch_size: int = 32) -> None:
-        import torch
 
         super().__init__(spec)
         self.device = torch.device(device)
@@ -304,14 +307,12 @@ class Locator(LocatorGeometry):
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device="cpu") -> Locator:
         """Load a checkpoint (``None``: the shipped default in ``models/weights/``)."""
-        from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
 
         spec, coarse, fine = nets_from_checkpoint(load_checkpoint(path))
         return cls(spec, coarse, fine, device=device)
 
     # ------------------------------------------------------------------ networks
     def _run(self, net, batch: np.ndarray) -> np.ndarray:
-        import torch
 
         outs = []
         with torch.inference_mode():

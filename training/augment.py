@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
+import cv2
 import numpy as np
 
 from legalign.pipeline.config_schema import (
@@ -249,7 +251,6 @@ def resample(
     (symmetric, so it moves no landmark).  Returns ``(image, points)``; points may fall
     outside the output.
     """
-    import cv2
 
     m = np.asarray(matrix, dtype=np.float64)[:2]
     src = np.ascontiguousarray(image)
@@ -381,8 +382,6 @@ def sample_params(
 
 def geometric_transforms(params: AugmentParams) -> list:
     """The albumentations transforms (all ``p=1``, fixed parameters) for ``params``."""
-    import albumentations as A
-    import cv2
 
     out: list = []
     if params.flip:
@@ -412,7 +411,6 @@ def apply_albumentations(
     transforms: list, image: np.ndarray, points: np.ndarray, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``transforms`` on ``image`` and (N, 2) ``points``; returns every point, in order."""
-    import albumentations as A
 
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if not transforms:
@@ -493,7 +491,6 @@ def affine_matrix(params: AugmentParams, shape: tuple[int, int]) -> np.ndarray:
 def _clahe(image: np.ndarray, clip: float, tiles: int) -> np.ndarray:
     """CLAHE on a float image: the OpenCV 8-bit mapping, applied as an offset so the
     sub-8-bit detail of 12-16-bit films survives."""
-    import cv2
 
     h, w = image.shape[:2]
     short = min(h, w)
@@ -545,7 +542,6 @@ def photometric(
     points: np.ndarray | None = None,
 ) -> np.ndarray:
     """Apply the photometric part of ``params`` to a float32 [0, 1] image."""
-    import albumentations as A
 
     img = np.ascontiguousarray(image, dtype=np.float32)
     tf: list = []

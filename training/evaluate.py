@@ -26,9 +26,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from legalign.pipeline.coarse_to_fine import locate_radiographs
+from legalign.pipeline.errors import LegalignError
+from legalign.pipeline.geometry_config import load_geometry_config
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
+from legalign.pipeline.locate import Locator
+from legalign.pipeline.measure import measure_leg
+from legalign.training.datasets import load_dataset
 
 SUCCESS_THRESHOLDS_MM: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
 MEASURES: tuple[str, ...] = ("hka_deg", "mpta_deg", "mldfa_deg", "wbl_ratio_pct")
@@ -122,7 +132,6 @@ def radial_errors(truth: LegLandmarks, pred: LegLandmarks) -> dict[str, float]:
 
 
 def _measures(leg: LegLandmarks, spacing_mm: float | None, cfg: Any) -> dict[str, float | None]:
-    from legalign.pipeline.measure import measure_leg
 
     m = measure_leg(leg, spacing_mm, cfg)
     return {k: getattr(m, k, None) for k in (*MEASURES, *EXTRA_MEASURES)}
@@ -143,7 +152,6 @@ def evaluate_leg(
     """Compare one leg.  A landmark's radial error above ``fail_mm`` (when the spacing
     is known) or ``fail_px`` (when not) makes the leg a failure, as does no prediction,
     a predicted side that differs from the truth, or a landmark the prediction lacks."""
-    from legalign.pipeline.errors import LegalignError
 
     measure = measure or _measures
     ev = LegEvaluation(source, truth.side, spacing_mm, spacing_assumed)
@@ -375,10 +383,8 @@ def bland_altman_plot(
     truth: Sequence[float], pred: Sequence[float], path: str | Path, label: str = "HKA (deg)"
 ) -> Path:
     """Bland-Altman plot (difference pred - truth against their mean) as PNG."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     t = np.asarray(truth, dtype=np.float64)
     p = np.asarray(pred, dtype=np.float64)
@@ -416,10 +422,8 @@ def bland_altman_plot(
 
 def error_histogram(errors: Sequence[float], path: str | Path, unit: str = "mm") -> Path:
     """Histogram of radial errors (all landmarks) as PNG, with the success thresholds."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     e = np.asarray(errors, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
@@ -490,7 +494,6 @@ def evaluate_films(
 
     A ``LegalignError`` from the predictor is recorded as a failure of that film (every
     leg then counts as not predicted); other exceptions propagate."""
-    from legalign.pipeline.errors import LegalignError
 
     legs: list[LegEvaluation] = []
     failures: list[Failure] = []
@@ -549,17 +552,10 @@ def evaluate_locator(
     ``load_dataset`` spec, opened with ``dataset_options``), write the outputs to
     ``out_dir`` when given; returns the report (with ``"outputs"`` naming the files
     written)."""
-    import torch
-
-    from legalign.pipeline.coarse_to_fine import locate_radiographs
-    from legalign.pipeline.geometry_config import load_geometry_config
-    from legalign.pipeline.locate import Locator
-    from legalign.training.datasets import load_dataset
 
     geometry_cfg = load_geometry_config(geometry_config)
     ds = load_dataset(dataset, **(dataset_options or {}))
     n = len(ds) if limit is None else min(len(ds), int(limit))
-    from tqdm import tqdm
 
     locator = Locator.from_checkpoint(checkpoint, torch.device(device))
     with tqdm(total=n, desc="evaluate", unit="film", disable=None, leave=False) as bar:

@@ -32,9 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
 
+from legalign.models import heatmap_codec as hc
+from legalign.models.checkpoint import DEFAULT_WEIGHTS, load_checkpoint, nets_from_checkpoint
+from legalign.models.spec import LocatorSpec
+from legalign.pipeline import __version__
 from legalign.pipeline.coarse_to_fine import locate_radiographs
 from legalign.pipeline.errors import LegalignError
+from legalign.pipeline.landmarks import LANDMARK_NAMES
+from legalign.pipeline.locate import Locator
 
 FORMATS = ("torchscript", "onnx")
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -50,7 +58,6 @@ class ExportError(LegalignError):
 def film_like_inputs(shape: tuple[int, int], n: int = 2, seed: int = 0) -> np.ndarray:
     """``n`` film-like float32 images (N, 1, H, W) in [0, 1]: smooth background, a
     bright bone-like band and a few blobs, plus noise (deterministic for ``seed``)."""
-    from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
     h, w = shape
@@ -73,7 +80,6 @@ def film_like_inputs(shape: tuple[int, int], n: int = 2, seed: int = 0) -> np.nd
 def decode_landmarks(heatmaps: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, K, h, w) heatmaps -> (N, K, 2) input-pixel coordinates and (N, K) peak values
     (``models.heatmap_codec.decode`` then ``from_heatmap``)."""
-    from legalign.models import heatmap_codec as hc
 
     xy, conf = hc.decode(np.asarray(heatmaps, dtype=np.float32))
     return hc.from_heatmap(xy, stride), conf
@@ -97,7 +103,6 @@ def compare_outputs(reference: np.ndarray, other: np.ndarray, stride: int) -> di
 
 def export_torchscript(net, example: np.ndarray, path: str | Path) -> Path:
     """Trace ``net`` (eval mode, CPU) on ``example`` and save it."""
-    import torch
 
     path = Path(path)
     net = net.eval().cpu()
@@ -118,7 +123,6 @@ def export_onnx(
     exporter: str = "auto",
 ) -> tuple[Path, str]:
     """Export ``net`` to one ONNX file with a dynamic batch axis; returns (path, exporter used)."""
-    import torch
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -169,7 +173,7 @@ def export_onnx(
 
 
 def _check_onnx(path: Path) -> None:
-    import onnx
+    import onnx  # noqa: PLC0415 - optional extra, off the start-up path
 
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -177,7 +181,7 @@ def _check_onnx(path: Path) -> None:
 
 def onnx_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the ONNX file with onnxruntime on the CPU."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - optional extra, off the start-up path
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
@@ -192,7 +196,6 @@ def onnx_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def torch_runner(net) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -202,7 +205,6 @@ def torch_runner(net) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def torchscript_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit.load deprecation notice
@@ -216,7 +218,6 @@ def torchscript_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 def _onnx_module(path: str | Path):
     """A ``torch.nn.Module`` whose forward runs an exported ONNX file with onnxruntime
     (CPU), so an exported pair can drive ``pipeline.locate.Locator`` unchanged."""
-    import torch
 
     class OnnxNet(torch.nn.Module):
         def __init__(self) -> None:
@@ -232,7 +233,6 @@ def _onnx_module(path: str | Path):
 
 
 def _torchscript_module(path: str | Path):
-    import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -242,8 +242,6 @@ def _torchscript_module(path: str | Path):
 def exported_locator(export_dir: str | Path, fmt: str = "onnx"):
     """A ``pipeline.locate.Locator`` running the networks exported to ``export_dir``
     (``fmt`` "onnx" or "torchscript"), with the spec from ``locator_spec.json``."""
-    from legalign.models.spec import LocatorSpec
-    from legalign.pipeline.locate import Locator
 
     d = Path(export_dir)
     meta = json.loads((d / "locator_spec.json").read_text())
@@ -374,9 +372,6 @@ def export_locator(
     With ``check_films`` (``Radiograph`` objects), the whole coarse-to-fine locator is
     also run with the exported networks and with PyTorch on those films, and their final
     landmarks must agree within ``tolerance_px``."""
-    from legalign.models.checkpoint import DEFAULT_WEIGHTS, load_checkpoint, nets_from_checkpoint
-    from legalign.pipeline import __version__
-    from legalign.pipeline.landmarks import LANDMARK_NAMES
 
     ckpt = load_checkpoint(checkpoint)
     spec, coarse, fine = nets_from_checkpoint(ckpt)
@@ -405,8 +400,6 @@ def export_locator(
     report["checkpoint"] = str(src)
     failures = []
     if check_films:
-        from legalign.pipeline.locate import Locator
-
         reference = Locator(spec, coarse, fine, device="cpu")
         report["locator_check"] = {}
         for fmt in formats:

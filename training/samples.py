@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from legalign.models import heatmap_codec as hc
@@ -30,6 +31,7 @@ from legalign.models.crops import (
     warp,
 )
 from legalign.models.spec import CropSpec, LocatorSpec
+from legalign.pipeline.config_schema import ConfigError
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.training.datasets.base import AnnotatedFilm
 
@@ -51,7 +53,6 @@ class SampleAug:
     blur_sigma: float  # max blur sigma (output pixels)
 
     def validate(self) -> None:
-        from legalign.pipeline.config_schema import ConfigError
 
         for name in ("flip_p", "blur_p"):
             v = getattr(self, name)
@@ -80,7 +81,6 @@ def femur_length(leg: LegLandmarks) -> float | None:
 
 def photometric(img: np.ndarray, aug: SampleAug, rng: np.random.Generator) -> np.ndarray:
     """Gamma, contrast/brightness, blur and noise on a [0, 1] image."""
-    import cv2
 
     out = np.clip(img, 0.0, 1.0)
     if aug.gamma_log_sd > 0:

@@ -55,7 +55,7 @@ from legalign.pipeline.geometry_config import load_geometry_config
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.locate import Locator
 from legalign.pipeline.radiograph import Radiograph
-from legalign.training.augment import build_augmentation
+from legalign.training.augment import augmentation_config, build_augmentation
 from legalign.training.datasets import (
     AnnotatedFilm,
     SubsetFilms,
@@ -142,8 +142,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.augmentation is not None:
-            from legalign.training.augment import augmentation_config
-
             augmentation_config(self.augmentation)  # raises ConfigError naming the key
         for s in self.stages:
             if s not in STAGES:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from legalign.pipeline.errors import InputError
+from legalign.training.evaluate import evaluate_locator, format_report
 
 NAME = "evaluate"
 HELP = (
@@ -61,10 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from legalign.pipeline.errors import InputError
-    from legalign.training.evaluate import evaluate_locator, format_report
 
     if args.spacing is not None and not args.spacing > 0:
         raise InputError(f"--spacing must be positive, got {args.spacing}")

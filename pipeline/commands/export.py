@@ -7,6 +7,12 @@ model is this explicit step, never a side effect of ``train``."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from legalign.models.checkpoint import install_as_default
+from legalign.pipeline.errors import InputError
+from legalign.training.datasets import load_dataset
+from legalign.training.export import export_locator
 
 NAME = "export"
 HELP = (
@@ -64,11 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from legalign.models.checkpoint import install_as_default
-    from legalign.pipeline.errors import InputError
-    from legalign.training.export import export_locator
 
     checkpoint = None if args.checkpoint == "default" else args.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
@@ -86,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
     films = []
     if args.check_dataset is not None:
-        from legalign.training.datasets import load_dataset
-
         if args.check_films < 1:
             raise InputError(f"--check-films must be at least 1, got {args.check_films}")
         ds = load_dataset(args.check_dataset)

@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+from legalign.pipeline.geometry_config import load_geometry_config
+from legalign.pipeline.landmark_file import read_landmark_file, validated_spacing
+from legalign.pipeline.report import film_report
+
 NAME = "measure"
 HELP = "Measure alignment and propose an osteotomy from a landmark JSON file (prints JSON)."
 
@@ -25,9 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from legalign.pipeline.geometry_config import load_geometry_config
-    from legalign.pipeline.landmark_file import read_landmark_file, validated_spacing
-    from legalign.pipeline.report import film_report
 
     cfg = load_geometry_config(args.config)
     doc = read_landmark_file(args.landmarks)

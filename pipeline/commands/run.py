@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from legalign.pipeline.engine.inputs import check_inputs
+from legalign.pipeline.engine.local import EngineOptions, run_local
+from legalign.pipeline.engine.ray_engine import RayOptions, run_ray
+from legalign.pipeline.errors import LegalignError
 
 NAME = "run"
 HELP = (
@@ -136,12 +145,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from legalign.pipeline.engine.inputs import check_inputs
-    from legalign.pipeline.engine.local import EngineOptions, run_local
-    from legalign.pipeline.errors import LegalignError
 
     problems = check_inputs(args.inputs)
     if problems:
@@ -149,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
     if args.device != "cpu" and not str(args.device).startswith("cuda"):
         raise LegalignError(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if str(args.device).startswith("cuda") and args.engine == "local":
-        import torch
-
         if not torch.cuda.is_available():
             raise LegalignError("--device cuda: no CUDA device available")
     out = Path(args.out)
@@ -178,8 +179,6 @@ def run(args: argparse.Namespace) -> int:
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
         raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")
     if args.engine == "ray":
-        from legalign.pipeline.engine.ray_engine import RayOptions, run_ray
-
         ropts = RayOptions(
             address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor
         )

@@ -8,12 +8,18 @@ Film ``i`` depends only on ``(--seed, i)``.  See docs/synthetic.md.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from types import ModuleType
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from legalign.pipeline.errors import InputError
+from legalign.training.synth import dicom_archive, generate_film
+from legalign.training.synth.coco import add_film, new_coco
+from legalign.training.synth.contact_sheet import assemble, thumbnail
 
 NAME = "synth"
 HELP = "Write synthetic full-leg radiographs with exact landmarks (COCO keypoints)."
@@ -68,20 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def film_seed(seed: int, index: int) -> int:
     """The generator seed of film ``index``: a function of (seed, index) only."""
-    import numpy as np
 
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, index, 0x5E7]).generate_state(1)[0])
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    import cv2
-    import numpy as np
-    from tqdm import tqdm
-
-    from legalign.training.synth import generate_film
-    from legalign.training.synth.coco import add_film, new_coco
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
@@ -99,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{sheet}: --contact-sheet must be a .png path")
     dicom: ModuleType | None = None
     if args.fmt in ("dicom", "both"):
-        try:
-            from legalign.training.synth import dicom_archive as dicom
-        except ImportError as exc:  # pragma: no cover - depends on the checkout
-            raise InputError(f"DICOM output unavailable: {exc}") from None
+        dicom = dicom_archive
         if args.transfer_syntax == "htj2k" and not dicom.htj2k_available():
             raise InputError(
                 "--transfer-syntax htj2k: no HTJ2K encoder installed (pydicom and "
@@ -158,14 +152,10 @@ def run(args: argparse.Namespace) -> int:
             names.append(dcm.name)
         add_film(coco, film, names[0], **extra)
         if sheet is not None and len(thumbs) < 16:
-            from legalign.training.synth.contact_sheet import thumbnail
-
             thumbs.append(thumbnail(film))
     ann = out / "annotations.json"
     ann.write_text(json.dumps(coco, indent=1), encoding="utf-8")
     if sheet is not None:
-        from legalign.training.synth.contact_sheet import assemble
-
         sheet.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(sheet), assemble(thumbs)):
             raise InputError(f"{sheet}: could not write the contact sheet")

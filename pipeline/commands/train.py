@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import time
+
+from legalign.training.train import load_train_config, train
 
 NAME = "train"
 HELP = "train the landmark networks from a YAML config (see configs/train_default.yaml)"
@@ -22,9 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from legalign.training.train import load_train_config, train
 
     cfg = load_train_config(args.config)
     if args.device:

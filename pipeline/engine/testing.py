@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
+from legalign.models.spec import LocatorSpec
+
 
 def tiny_spec_dict() -> dict:
     net = {"arch": "resnet18_fpn", "depth": 2, "out_stride": 4, "head_channels": 16, "sigma": 2.0}
@@ -80,10 +85,6 @@ def tiny_checkpoint(
     ``spec_overrides`` replace keys of ``tiny_spec_dict()`` (e.g. ``peak_threshold``);
     ``out_std`` re-draws the output layers' weights with that spread, which gives a
     random network heatmap peaks to find (so legs come out, wherever they are)."""
-    import torch
-
-    from legalign.models.checkpoint import build_nets, make_checkpoint, save_checkpoint
-    from legalign.models.spec import LocatorSpec
 
     torch.manual_seed(seed)
     spec = LocatorSpec.from_dict({**tiny_spec_dict(), **spec_overrides})

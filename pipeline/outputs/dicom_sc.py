@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 
 MANUFACTURER = "legalign"
@@ -24,7 +25,6 @@ def build_sc(
     series_number: int = 9802,
 ) -> Any:
     """The Secondary Capture dataset of an RGB uint8 overlay for a source DICOM header."""
-    import highdicom as hd
 
     orientation = getattr(source, "PatientOrientation", None)
     orientation = (

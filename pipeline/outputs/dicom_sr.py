@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+
 from legalign.pipeline import __version__
 
 SCHEME = "99LEGALIGN"
@@ -77,13 +81,11 @@ _LANDMARK_VALUES = {
 
 
 def _code(value: str, meaning: str) -> Any:
-    import highdicom as hd
 
     return hd.sr.CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning)
 
 
 def _unit(ucum: str, meaning: str) -> Any:
-    import highdicom as hd
 
     return hd.sr.CodedConcept(value=ucum, scheme_designator="UCUM", meaning=meaning)
 
@@ -97,9 +99,6 @@ def build_sr(
     series_number: int = 9801,
 ) -> Any:
     """The SR dataset for an image result dict and its source DICOM header."""
-    import highdicom as hd
-    import numpy as np
-    from pydicom.sr.codedict import codes
 
     algorithm = hd.sr.AlgorithmIdentification(name="legalign", version=__version__)
     observer = hd.sr.ObserverContext(

@@ -12,6 +12,7 @@ import math
 import textwrap
 from typing import Any
 
+import cv2
 import numpy as np
 
 from legalign.pipeline.results import DISCLAIMER
@@ -53,7 +54,6 @@ _SHORT = {
 def thumbnail(pixels: np.ndarray, max_height: int = MAX_OVERLAY_HEIGHT) -> np.ndarray:
     """uint8 copy of a [0, 1] film, reduced (area interpolation) to at most max_height
     rows and the same aspect ratio."""
-    import cv2
 
     h, w = pixels.shape[:2]
     scale = min(1.0, max_height / float(h))
@@ -72,7 +72,6 @@ def _fmt(v: Any, unit: str = "", digits: int = 1) -> str:
 
 def render_overlay(result: dict[str, Any], thumb: np.ndarray) -> np.ndarray:
     """RGB uint8 overlay image (H x (W + panel) x 3) for an image result dict."""
-    import cv2
 
     th, tw = thumb.shape[:2]
     full_w = (result.get("image") or {}).get("width") or tw
@@ -132,7 +131,6 @@ def _ip(p: np.ndarray) -> tuple[int, int]:
 def _dashed(
     img: np.ndarray, p: tuple[int, int], q: tuple[int, int], colour: Any, thick: int
 ) -> None:
-    import cv2
 
     a, b = np.array(p, float), np.array(q, float)
     length = float(np.hypot(*(b - a)))
@@ -163,7 +161,6 @@ def _draw_wedge(img: np.ndarray, step: dict[str, Any], pt: Any, thick: int, radi
     """The cut (hinge -> cut start) and the wedge: the cut start rotated about the hinge
     by the correction angle, distally for an opening wedge (the gap opens below the cut)
     and proximally for a closing wedge (the bone removed above it)."""
-    import cv2
 
     hinge = np.array(pt(step["hinge"]), float)
     start = np.array(pt(step["cut_start"]), float)
@@ -187,7 +184,6 @@ def _draw_wedge(img: np.ndarray, step: dict[str, Any], pt: Any, thick: int, radi
 
 
 def _text(img: np.ndarray, s: str, org: tuple[int, int], colour: Any, scale: float = 0.5) -> None:
-    import cv2
 
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
@@ -276,7 +272,6 @@ def _panel(img: np.ndarray, result: dict[str, Any], x0: int) -> None:
 
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB image."""
-    import cv2
 
     # compression level 1: about twice as fast as the default 3, files ~15 % larger
     ok, buf = cv2.imencode(

@@ -7,11 +7,15 @@ here (an all-null column keeps its type); docs/results-schema.md documents every
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 from legalign.pipeline.measure import REQUIRES
@@ -176,7 +180,6 @@ def _complete(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def arrow_schema() -> Any:
-    import pyarrow as pa
 
     types = {"string": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
     return pa.schema([(name, types[typ]) for name, typ in COLUMNS])
@@ -192,10 +195,6 @@ def write_tables(
     """Write results.parquet and results.csv from image result dicts (streamed in chunks,
     so memory does not grow with the archive).  Both files appear atomically.  Returns
     the number of rows."""
-    import csv
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out_dir = Path(out_dir)
     schema = arrow_schema()

@@ -19,6 +19,15 @@ from typing import Any
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError
 from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.dicom import (
+    check_header,
+    has_preamble,
+    looks_like_raw_dicom,
+    read_dicom,
+    read_header,
+)
+from legalign.pipeline.read.raster import raster_header, raster_kind, read_raster
+from legalign.pipeline.read.spacing import resolve_spacing
 
 DEFAULT_MAX_PIXELS = 80_000_000
 KINDS = ("dicom", "png", "jpeg", "tiff")
@@ -40,8 +49,6 @@ def _path(path: str | os.PathLike[str]) -> str:
 
 def detect_kind(path: str | os.PathLike[str]) -> str:
     """ "dicom", "png", "jpeg" or "tiff" from the file's first bytes; ``InputError`` otherwise."""
-    from legalign.pipeline.read.dicom import has_preamble, looks_like_raw_dicom
-    from legalign.pipeline.read.raster import raster_kind
 
     p = _path(path)
     if os.path.isdir(p):
@@ -77,10 +84,7 @@ def read_radiograph(
     p = _path(path)
     kind = detect_kind(p)
     if kind == "dicom":
-        from legalign.pipeline.read.dicom import read_dicom
-
         return read_dicom(p, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
-    from legalign.pipeline.read.raster import read_raster
 
     return read_raster(p, kind, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
 
@@ -106,9 +110,6 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
     """Fill ``info`` from the header, raising ``InputError`` at the first problem."""
     info["kind"] = kind = detect_kind(p)
     if kind == "dicom":
-        from legalign.pipeline.read.dicom import check_header, read_header
-        from legalign.pipeline.read.spacing import resolve_spacing
-
         header = read_header(p)
         ds = header.ds
         meta = getattr(ds, "file_meta", None)
@@ -127,8 +128,6 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
         check_header(header, p, max_pixels)
         info["spacing_mm"], info["spacing_source"] = resolve_spacing(ds, p)
     else:
-        from legalign.pipeline.read.raster import raster_header
-
         raster = raster_header(p, kind)
         width, height = raster["width"], raster["height"]
         info.update(width=width, height=height, bits_stored=raster["bits"])

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_voi_lut, get_decoder, pixel_array
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError, WrongModalityError
 from legalign.pipeline.radiograph import Radiograph
@@ -79,8 +82,6 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 
 def read_header(path: str) -> DicomHeader:
     """Parse the data set up to the pixel data; ``InputError`` when it is not readable DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
@@ -240,7 +241,6 @@ _PREFERRED_PLUGINS = {
 
 
 def _preferred_plugin(ds: Any) -> str:
-    from pydicom.pixels import get_decoder
 
     meta = getattr(ds, "file_meta", None)
     uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
@@ -255,8 +255,6 @@ def _preferred_plugin(ds: Any) -> str:
 
 def decode(path: str, header: DicomHeader) -> np.ndarray:
     """Decode the single frame; ``InputError`` on any decoder failure."""
-    import pydicom
-    from pydicom.pixels import pixel_array
 
     ds = header.ds
     with open(path, "rb") as fh:
@@ -396,7 +394,6 @@ def _stored_to_unit(
     minimum and maximum (then the min-max fallback sees the same extremes as the image
     for any monotonic modality LUT).
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi, apply_voi_lut
 
     values = apply_modality_lut(arr, ds)
     kind = None if beyond_bits else _voi_kind(ds)

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import warnings
 
+import cv2
 import numpy as np
+import tifffile
+from PIL import Image
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError
 from legalign.pipeline.radiograph import Radiograph
@@ -45,7 +48,6 @@ def raster_kind(head: bytes) -> str | None:
 
 
 def _pillow():
-    from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = PILLOW_MAX_IMAGE_PIXELS
     return Image
@@ -59,8 +61,6 @@ def _short(exc: BaseException) -> str:
 def raster_header(path: str, kind: str) -> dict:
     """width, height, bits (per sample) and channels from the file header, no decoding."""
     if kind == "tiff":
-        import tifffile
-
         try:
             with tifffile.TiffFile(path) as tf:
                 page = tf.pages.first
@@ -143,7 +143,6 @@ def _unit(grey: np.ndarray, dtype: np.dtype, path: str) -> np.ndarray:
 def _read_tiff(path: str) -> np.ndarray:
     """tifffile for what it decodes alone; OpenCV (libtiff) for compressions that tifffile
     leaves to the optional imagecodecs package (LZW, PackBits, JPEG, ...)."""
-    import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
@@ -162,8 +161,6 @@ def _read_tiff(path: str) -> np.ndarray:
         raise InputError(f"{path}: cannot decode TIFF ({_short(exc)})") from None
     invert = photometric == 0  # MINISWHITE: low values are white
     if img is None:
-        import cv2
-
         img = cv2.imdecode(
             np.fromfile(path, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE
         )
@@ -201,8 +198,6 @@ def read_raster(
     if kind == "tiff":
         unit = _read_tiff(path)
     else:
-        import cv2
-
         try:
             data = np.fromfile(path, dtype=np.uint8)
         except OSError as exc:

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from legalign.pipeline.errors import InputError, LegalignError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, SIDES, LegLandmarks
 from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read import read_radiograph
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -149,14 +151,11 @@ def load_image(path: str | Path, bits_stored: int | None = None) -> np.ndarray:
     bright is assumed).  DICOM files go through ``pipeline.read`` (modality LUT, VOI
     window, MONOCHROME1 inverted).  Raises ``InputError`` naming the file.
     """
-    import cv2
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: image file not found")
     if _is_dicom(path):
-        from legalign.pipeline.read import read_radiograph
-
         return np.ascontiguousarray(read_radiograph(path).pixels, dtype=np.float32)
     data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)

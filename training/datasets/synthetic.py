@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from legalign.training.synth import generate_film
+
 from .base import AnnotatedFilm, FilmDataset
 
 SIZES = ("small", "native")
@@ -89,7 +91,7 @@ class SyntheticDataset(FilmDataset):
         }
         gen = self._generator
         if gen is None:
-            from legalign.training.synth import generate_film as gen
+            gen = generate_film
         if not self.distractors:
             kwargs["distractors"] = False
         return gen(seed, **kwargs)

@@ -24,6 +24,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from legalign.pipeline.errors import InputError
 
 from .base import (
@@ -47,8 +49,6 @@ _FALSE = {"false", "0", "no"}
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding pixels, or None."""
     try:
-        from PIL import Image
-
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
     except Exception:  # noqa: BLE001 - unknown header: check after decoding instead

@@ -45,6 +45,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from pydicom.valuerep import format_number_as_ds
 
 MODALITIES = ("DX", "CR")
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
@@ -151,7 +162,6 @@ def random_dicom_options(rng: np.random.Generator) -> DicomOptions:
 
 def _ds_number(value: float) -> str:
     """A decimal string (at most 16 characters) for ``value``."""
-    from pydicom.valuerep import format_number_as_ds
 
     return format_number_as_ds(float(value))
 
@@ -205,7 +215,6 @@ def stored_pixel_array(film: FilmLike, options: DicomOptions) -> np.ndarray:
 
 
 def _uid(seed: int, index: int, what: str) -> str:
-    from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=[_UID_NAMESPACE, str(int(seed)), str(int(index)), what])
 
@@ -234,7 +243,6 @@ def _window(stored: np.ndarray, bits: int) -> tuple[float, float]:
 
 
 def _code_item(value: str, scheme: str, meaning: str):
-    from pydicom.dataset import Dataset
 
     item = Dataset()
     item.CodeValue = value
@@ -245,8 +253,6 @@ def _code_item(value: str, scheme: str, meaning: str):
 
 def build_dataset(film: FilmLike, options: DicomOptions, *, index: int, seed: int):
     """The complete pydicom ``FileDataset`` (uncompressed PixelData) for one film."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     options.validate()
     stored = stored_pixel_array(film, options)
@@ -378,7 +384,6 @@ def write_film_dicom(
     seed: int,
 ) -> None:
     """Write ``film`` to ``path`` as one DICOM file (see the module docstring)."""
-    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
     image_shape = np.shape(film.image)
     if options.transfer_syntax in ("j2k", "htj2k") and min(image_shape) < _J2K_MIN_SIZE:
