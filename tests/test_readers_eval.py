@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from leg_builder import legs_with_confidence
 
-from legalign.pipeline.api import FilmInfo, load_config, result_from_legs
+from legalign.pipeline.api import FilmInfo, load_config
+from legalign.pipeline.assemble import result_from_legs
 from legalign.pipeline.errors import InputError
 from legalign.training.readers_eval import (
     AngleLeg,

@@ -32,10 +32,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from scipy.stats import norm
+from tqdm import tqdm
 
+from legalign.pipeline.api import analyse, load_config, load_locator
 from legalign.pipeline.errors import InputError, LegalignError
 from legalign.pipeline.landmarks import SIDES
+from legalign.training.evaluate import bland_altman_plot
 
 ANGLE_COLUMNS: tuple[str, ...] = ("file", "side", "hka_deg")
 
@@ -301,11 +307,8 @@ def reliability_plot(
     """Reliability of the stated intervals: for nominal levels 10-99 %, the share of legs
     whose reference lies inside the interval rescaled to that level (Gaussian, from the
     stated 90 % interval), against the nominal level.  PNG."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from scipy.stats import norm
 
     z90 = float(norm.ppf(0.95))
     levels = np.asarray(levels or np.linspace(0.1, 0.99, 24), dtype=np.float64)
@@ -353,7 +356,6 @@ def write_outputs(
 ) -> dict[str, Path]:
     """``report.json``, ``legs.csv``, ``bland_altman_hka.png`` and (when the results carry
     intervals) ``reliability_hka.png`` in ``out_dir``."""
-    from legalign.training.evaluate import bland_altman_plot
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,9 +393,6 @@ def evaluate_angles(
 ) -> tuple[dict[str, Any], list[AngleLeg]]:
     """Run the pipeline with ``checkpoint`` over the films of an angle CSV; returns the
     report (with ``"outputs"`` when ``out_dir`` is given) and the legs."""
-    from tqdm import tqdm
-
-    from legalign.pipeline.api import analyse, load_config, load_locator
 
     truths = load_angle_truth(csv_path)
     if limit is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from legalign.pipeline.errors import InputError
 from legalign.training.evaluate import evaluate_locator, format_report
+from legalign.training.readers_eval import evaluate_angles, format_angle_report, is_angle_csv
 
 NAME = "evaluate"
 HELP = (
@@ -76,12 +77,6 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.checkpoint).is_file():
         raise InputError(f"{args.checkpoint}: checkpoint not found")
     if str(args.dataset).lower().endswith(".csv"):
-        from legalign.training.readers_eval import (
-            evaluate_angles,
-            format_angle_report,
-            is_angle_csv,
-        )
-
         if is_angle_csv(args.dataset):
             report, _ = evaluate_angles(
                 args.checkpoint,

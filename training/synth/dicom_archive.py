@@ -40,17 +40,22 @@ does not draw it.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
@@ -408,7 +413,7 @@ def write_film_dicom(
 def htj2k_available() -> bool:
     """Whether HTJ2K can be written here (the optional ``imagecodecs`` package)."""
     try:
-        import imagecodecs
+        import imagecodecs  # noqa: PLC0415 - the optional htj2k extra
 
         return bool(imagecodecs.HTJ2K.available)
     except Exception:  # noqa: BLE001 - not installed
@@ -417,11 +422,6 @@ def htj2k_available() -> bool:
 
 def _encapsulate(ds: Any, syntax: str) -> None:
     """Replace ``ds``'s native PixelData by one HTJ2K or baseline-JPEG fragment."""
-    import io
-
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import HTJ2KLossless, JPEGBaseline8Bit
-
     rows, cols = int(ds.Rows), int(ds.Columns)
     if syntax == "htj2k":
         if not htj2k_available():
@@ -429,14 +429,12 @@ def _encapsulate(ds: Any, syntax: str) -> None:
                 "writing HTJ2K needs the optional imagecodecs package (OpenJPH encoder): "
                 "pip install 'legalign[htj2k]'"
             )
-        import imagecodecs
+        import imagecodecs  # noqa: PLC0415 - the optional htj2k extra
 
         arr = np.frombuffer(ds.PixelData, dtype="<u2").reshape(rows, cols)
         stream = bytes(imagecodecs.htj2k_encode(arr, reversible=True, resolutions=6))
         uid = HTJ2KLossless
     else:
-        from PIL import Image
-
         arr = np.frombuffer(ds.PixelData, dtype=np.uint8).reshape(rows, cols)
         buf = io.BytesIO()
         Image.fromarray(arr, mode="L").save(buf, format="JPEG", quality=JPEG_QUALITY)
