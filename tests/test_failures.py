@@ -117,3 +117,21 @@ def test_every_documented_reason_is_an_enum_value():
     section = doc.split("### Failure reasons")[1].split("## Results table")[0]
     documented = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
     assert documented == {r.value for r in FailureReason}
+
+
+def test_a_file_that_kills_its_worker_twice_is_worker_crashed(tmp_path):
+    """The local engine retries a file alone after a worker died with it in flight; a
+    second death records it as worker_crashed (the timeout reason: test_engine)."""
+    from legalign.pipeline.engine.local import LocalEngine, _Item
+    from legalign.pipeline.engine.options import EngineOptions
+
+    engine = LocalEngine([], EngineOptions(out_dir=tmp_path, progress=False))
+    engine.book.prepare_out()
+    item = _Item(str(tmp_path / "film.dcm"), 1)
+    engine._suspect("full", item)  # first death: retried alone
+    assert list(engine.quarantine) == [item]
+    engine.quarantine.clear()
+    engine._suspect("full", item)  # second death: recorded
+    engine.book.journal.close()
+    (rec,) = list(engine.book.journal.records())
+    assert rec["error_reason"] == "worker_crashed" and rec["status"] == "failed"
