@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -454,10 +454,19 @@ class _Item:
 
 
 class LocalEngine:
-    def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
+    def __init__(
+        self,
+        inputs: list[str],
+        opts: EngineOptions,
+        *,
+        source: Iterable[str | dict[str, Any]] | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         from legalign.pipeline.outputs.summary import RunSummary
 
         self.inputs = list(inputs)
+        self.source = source
+        self.on_record = on_record
         self.opts = opts
         self.mode = opts.resolved_mode()
         self.out = Path(opts.out_dir)
@@ -740,6 +749,8 @@ class LocalEngine:
             self.summary.add_timing(stage, secs)
         if d.get("status") == "failed":
             self.failed_this_run += 1
+        if self.on_record is not None:
+            self.on_record(d)
         if self.bar is not None:
             self.bar.update(1)
             if self.failed_this_run:
@@ -768,7 +779,11 @@ class LocalEngine:
     def _unfinished_inputs(self, done: set[int]) -> Iterator[tuple[str, int]]:
         """(path, key) of each input not finished yet, once each; counts what it skips."""
         seen: set[int] = set()
-        for path in expand_inputs(self.inputs, exclude=[self.out]):
+        items = self.source if self.source is not None else self._expanded_inputs()
+        for path in items:
+            if isinstance(path, dict):  # a row the source already finished (a failure)
+                self._record(path)
+                continue
             key = file_key(path)
             if key in done:
                 self.summary.skipped_done += 1
@@ -778,6 +793,9 @@ class LocalEngine:
                 continue
             seen.add(key)
             yield path, key
+
+    def _expanded_inputs(self) -> Iterator[str]:
+        return expand_inputs(self.inputs, exclude=[self.out])
 
     def _start_progress(self, n_done: int) -> None:
         if not self.opts.progress:
@@ -804,7 +822,8 @@ class LocalEngine:
             except Exception:  # noqa: BLE001 - the ETA is a nicety
                 pass
 
-        threading.Thread(target=count, daemon=True).start()
+        if self.source is None:  # a caller's source is not walked twice
+            threading.Thread(target=count, daemon=True).start()
 
 
 def _item_path(payload: Any) -> str:
@@ -831,8 +850,20 @@ def _radiograph_view(p: Prepared, pixels: Any) -> Any:
     )
 
 
-def run_local(inputs: list[str], opts: EngineOptions) -> tuple[int, Any]:
-    """Run the engine; returns (exit code, RunSummary)."""
-    engine = LocalEngine(inputs, opts)
+def run_local(
+    inputs: list[str],
+    opts: EngineOptions,
+    *,
+    source: Iterable[str | dict[str, Any]] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[int, Any]:
+    """Run the engine; returns (exit code, RunSummary).
+
+    ``source`` replaces the expansion of ``inputs``: an iterable (it may block, e.g. on a
+    download) of file paths, or of finished failure rows (dicts, recorded as they come),
+    consumed lazily.  ``on_record`` is called in the main process with each row once it
+    is durable in the journal (e.g. to send its outputs somewhere).
+    """
+    engine = LocalEngine(inputs, opts, source=source, on_record=on_record)
     code = engine.run()
     return code, engine.summary
