@@ -393,13 +393,14 @@ class PacsRun:
         self.totals = totals
 
 
-def dry_run(popts: PacsOptions, out: Path, stream: Any = sys.stdout) -> PacsCounts:
+def dry_run(popts: PacsOptions, out: Path, stream: Any = None) -> PacsCounts:
     """List what a run would do, one tab-separated line per candidate instance
     (``process``, ``store`` (processed, results not yet stored) or ``done``)."""
     run = PacsRun(popts, EngineOptions(out_dir=out))
     prior = run.prior() if out.exists() else Prior(set(), {})
     client = PacsClient(popts.client)
     counts = run.counts
+    stream = stream or sys.stdout
     print("action\tstudy_instance_uid\tseries_instance_uid\tsop_instance_uid", file=stream)
     try:
         for study in studies(client, popts.filters):

@@ -40,7 +40,12 @@ def free_port() -> int:
 class OrthancServer:
     """``start()``, ``stop()``, ``restart()``; ``url`` is the DICOMweb root."""
 
-    def __init__(self, workdir: str | os.PathLike[str], **config: Any) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        users: dict[str, str] | None = None,
+        **config: Any,
+    ) -> None:
         exe, plugin = find_orthanc()
         if exe is None or plugin is None:
             raise FileNotFoundError("Orthanc or its DICOMweb plugin is not installed")
@@ -55,7 +60,8 @@ class OrthancServer:
             "HttpPort": self.port,
             "DicomServerEnabled": False,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": dict(users or {}),
             "HttpCompressionEnabled": False,
             "StorageCompression": False,
             "ConcurrentJobs": 1,
@@ -67,6 +73,7 @@ class OrthancServer:
         self.config_path.write_text(json.dumps(self.config, indent=2))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "orthanc.log"
+        self.auth = next(iter((users or {}).items()), None)  # for the helpers below
 
     @property
     def base(self) -> str:
@@ -93,7 +100,8 @@ class OrthancServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Orthanc exited at start; see {self.log_path}")
             try:
-                if requests.get(f"{self.url}/studies", timeout=1).status_code == 200:
+                r = requests.get(f"{self.url}/studies", timeout=1, auth=self.auth)
+                if r.status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -122,14 +130,14 @@ class OrthancServer:
         import requests
 
         with open(path, "rb") as fh:
-            r = requests.post(f"{self.base}/instances", data=fh.read(), timeout=60)
+            r = requests.post(f"{self.base}/instances", data=fh.read(), timeout=60, auth=self.auth)
         r.raise_for_status()
         return r.json()
 
     def rest(self, path: str, **params: Any) -> Any:
         import requests
 
-        r = requests.get(f"{self.base}{path}", params=params, timeout=60)
+        r = requests.get(f"{self.base}{path}", params=params, timeout=60, auth=self.auth)
         r.raise_for_status()
         return r.json()
 
@@ -138,7 +146,17 @@ class OrthancServer:
         import requests
 
         for sid in self.rest("/studies"):
-            requests.delete(f"{self.base}/studies/{sid}", timeout=60).raise_for_status()
+            requests.delete(
+                f"{self.base}/studies/{sid}", timeout=60, auth=self.auth
+            ).raise_for_status()
+
+    def download(self, orthanc_id: str) -> bytes:
+        """The stored file of one instance (Orthanc's id)."""
+        import requests
+
+        r = requests.get(f"{self.base}/instances/{orthanc_id}/file", timeout=60, auth=self.auth)
+        r.raise_for_status()
+        return r.content
 
     def new_instance_changes(self) -> int:
         """How many NewInstance events the archive has logged (each stored instance once;
