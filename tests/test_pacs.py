@@ -286,3 +286,22 @@ def test_secret_never_in_outputs_or_console(films, tmp_path, monkeypatch, capsys
         if p.is_file():
             text += p.read_bytes().decode("latin-1")
     assert "Sup3r-S3cret" not in text and "someone:" not in text
+
+
+def test_tls_verified_unless_insecure(tmp_path):
+    from legalign.pipeline.cli import build_parser
+
+    assert _client("https://pacs.invalid/dicom-web").session.verify is True
+    ca = tmp_path / "ca.pem"
+    assert _client("https://pacs.invalid/dicom-web", ca_bundle=str(ca)).session.verify == str(ca)
+    assert _client("https://pacs.invalid/dicom-web", verify_tls=False).session.verify is False
+    args = build_parser().parse_args(["pacs", "https://pacs.invalid/dicom-web", "--out", "x"])
+    assert args.insecure is False
+
+
+def test_uids_from_the_server_are_checked_before_use():
+    from legalign.pipeline.pacs.query import valid_uid
+
+    assert valid_uid("1.2.840.10008.5.1.4.1.1.1")
+    for bad in ("../../etc/passwd", "1.2/3", "", None, "1." + "2" * 70, "1..2"):
+        assert not valid_uid(bad)

@@ -21,6 +21,12 @@ from legalign.pipeline.pacs.client import PacsClient, tag
 # Secondary Capture (all flavours) and every Structured Report storage class
 _EXCLUDED_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.")
 _DATE = re.compile(r"^\d{8}$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def valid_uid(value: object) -> bool:
+    """A DICOM UID (digits and dots, at most 64 characters): safe in a URL and a file name."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ def read_study_list(path: str) -> tuple[str, ...]:
     except OSError as exc:
         raise LegalignError(f"{path}: cannot read the study list ({exc.strerror})") from None
     uids = tuple(dict.fromkeys(ln for ln in lines if ln))
-    bad = [u for u in uids if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", u) or len(u) > 64]
+    bad = [u for u in uids if not valid_uid(u)]
     if bad:
         raise LegalignError(f"{path}: not a Study Instance UID: {bad[0]!r}")
     return uids
@@ -97,7 +103,7 @@ def studies(client: PacsClient, f: QueryFilters) -> Iterator[str]:
         page = client.search_studies(base, offset=offset, limit=f.page_size)
         for s in page:
             uid = tag(s, "0020000D")
-            if uid:
+            if valid_uid(uid):
                 yield str(uid)
         if len(page) < f.page_size:
             return
@@ -111,9 +117,9 @@ def instances_of_study(client: PacsClient, study: str, f: QueryFilters) -> Itera
     """The candidate instances of one study (series filters applied)."""
     for series in client.search_series(study, SERIES_FIELDS):
         series_uid = tag(series, "0020000E")
-        if not series_uid or not f.series_matches(series):
+        if not valid_uid(series_uid) or not f.series_matches(series):
             continue
         for inst in client.search_instances(study, str(series_uid)):
             sop, cls = tag(inst, "00080018"), str(tag(inst, "00080016") or "")
-            if sop and not cls.startswith(_EXCLUDED_CLASS_PREFIXES):
+            if valid_uid(sop) and not cls.startswith(_EXCLUDED_CLASS_PREFIXES):
                 yield Candidate(study, str(series_uid), str(sop))
