@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,34 @@ def test_uids_from_the_server_are_checked_before_use():
     assert valid_uid("1.2.840.10008.5.1.4.1.1.1")
     for bad in ("../../etc/passwd", "1.2/3", "", None, "1." + "2" * 70, "1..2"):
         assert not valid_uid(bad)
+
+
+@pytest.mark.slow
+def test_watch_processes_instances_as_they_arrive(films, tmp_path, capsys):
+    import csv
+    import threading
+
+    with FakeDicomWeb(films[:1]) as srv:
+        later = FakeDicomWeb(films[1:2])
+        out = tmp_path / "w"
+        result = {}
+
+        def go():
+            result["code"] = _run(srv.url, out, "--watch", "0.5", "--watch-passes", "3")
+
+        t = threading.Thread(target=go)
+        t.start()
+        ledger = out / "pacs_ledger.jsonl"
+        deadline = time.monotonic() + 600
+        while not (ledger.exists() and ledger.read_text()) and t.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with srv.lock:  # a new study arrives while the watch runs
+            srv.instances.update(later.instances)
+        later.server.server_close()
+        t.join(timeout=600)
+        assert result["code"] == 0
+        rows = list(csv.DictReader(open(out / "pacs.csv")))
+        assert len(rows) == 2 and {r["store_status"] for r in rows} == {"stored"}
+        text = capsys.readouterr().out
+        assert "pass 3:" in text and "pass 2:" in text

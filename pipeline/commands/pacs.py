@@ -57,6 +57,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--dry-run", action="store_true", help="list what would be processed; no changes"
     )
+    q.add_argument(
+        "--watch",
+        type=_positive_float,
+        metavar="S",
+        help="keep going: after each pass wait S seconds and query again; new instances "
+        "are processed as they arrive, done ones skipped (Ctrl-C stops)",
+    )
+    q.add_argument(
+        "--watch-passes",
+        type=_positive_int,
+        metavar="N",
+        help="with --watch: stop after N passes (default: until interrupted)",
+    )
     c = p.add_argument_group("connection")
     c.add_argument(
         "--concurrency",
@@ -99,9 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import time
     from pathlib import Path
 
     from legalign.pipeline.commands.run import engine_options
+    from legalign.pipeline.errors import LegalignError
     from legalign.pipeline.pacs import retry as rt
     from legalign.pipeline.pacs.auth import load_credentials
     from legalign.pipeline.pacs.client import ClientOptions, check_url
@@ -154,18 +169,27 @@ def run(args: argparse.Namespace) -> int:
         for err in counts.query_errors:
             print(f"legalign pacs: query failed: {err}", file=sys.stderr)
         return 3 if counts.query_errors else 0
+    if args.watch_passes and not args.watch:
+        raise LegalignError("--watch-passes needs --watch")
     eopts = engine_options(args)
-    job = PacsRun(popts, eopts)
-    code, summary = job.run()
-    c = job.counts
-    if summary is not None:
-        print(summary.format_text())
-    print(
-        f"pacs: {c.candidates} instances in {c.studies} studies, {c.skipped_done} already done, "
-        f"{c.retrieved} retrieved ({c.retrieve_failed} failed), {c.stored} stored "
-        f"({c.store_failed} failed)"
-    )
-    for err in c.query_errors:
-        print(f"legalign pacs: query failed: {err}", file=sys.stderr)
+    passes = 0
+    while True:
+        job = PacsRun(popts, eopts)
+        code, summary = job.run()
+        passes += 1
+        c = job.counts
+        if summary is not None and (not args.watch or summary.processed_this_run):
+            print(summary.format_text())
+        print(
+            f"pacs{f' pass {passes}' if args.watch else ''}: {c.candidates} instances in "
+            f"{c.studies} studies, {c.skipped_done} already done, {c.retrieved} retrieved "
+            f"({c.retrieve_failed} failed), {c.stored} stored ({c.store_failed} failed)",
+            flush=True,
+        )
+        for err in c.query_errors:
+            print(f"legalign pacs: query failed: {err}", file=sys.stderr)
+        if not args.watch or code == 130 or (args.watch_passes and passes >= args.watch_passes):
+            break
+        time.sleep(args.watch)
     print(f"results: {out / 'results.parquet'}, {out / 'pacs.csv'}, {out / 'pacs_summary.json'}")
     return code
