@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "legalign.pipeline.commands.measure",
     "legalign.pipeline.commands.train",
     "legalign.pipeline.commands.run",
+    "legalign.pipeline.commands.pacs",
     "legalign.pipeline.commands.evaluate",
     "legalign.pipeline.commands.export",
     "legalign.pipeline.commands.synth",

@@ -25,6 +25,13 @@ class FailureReason(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug: an unexpected exception (message recorded)
     WORKER_CRASHED = "worker_crashed"  # the worker process died on this file
     TIMEOUT = "timeout"  # still running after --file-timeout seconds (killed)
+    # `legalign pacs` (docs/pacs.md): the archive's faults, after retries
+    PACS_UNREACHABLE = "pacs_unreachable"  # connection refused / reset / DNS
+    PACS_TIMEOUT = "pacs_timeout"
+    PACS_SERVER_ERROR = "pacs_server_error"  # 5xx, 408, 429 after every retry
+    PACS_REJECTED = "pacs_rejected"  # 4xx: the server refused the request
+    PACS_NOT_STORED = "pacs_not_stored"  # STOW answered but the archive does not hold it
+    PACS_BAD_RESPONSE = "pacs_bad_response"  # not the DICOMweb answer expected
 
 
 class LegalignError(ValueError):

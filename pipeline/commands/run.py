@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="a file, a folder (recursive) or a text file listing paths (@list or *.txt/.lst/.list)",
     )
+    add_engine_arguments(p)
+    add_ray_arguments(p)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the local engine (shared with ``legalign pacs``)."""
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; resumable)")
     p.add_argument("--model", metavar="CKPT", help="locator checkpoint (default: models/weights/)")
     p.add_argument(
@@ -116,6 +123,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="stop after N newly processed files (trial runs, benchmarks)",
     )
+
+
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     # ---- Ray engine (pipeline/engine/ray_engine.py, docs/ray.md)
     ray = p.add_argument_group("Ray engine (--engine ray; docs/ray.md)")
     ray.add_argument(
@@ -144,21 +154,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def engine_options(args: argparse.Namespace, engine: str = "local") -> Any:
+    """EngineOptions from the parsed engine arguments (usage errors raised here)."""
 
-    problems = check_inputs(args.inputs)
-    if problems:
-        raise LegalignError("; ".join(problems))
     if args.device != "cpu" and not str(args.device).startswith("cuda"):
         raise LegalignError(f"--device must be cpu or cuda[:N], got {args.device!r}")
-    if str(args.device).startswith("cuda") and args.engine == "local":
+    if str(args.device).startswith("cuda") and engine == "local":
         if not torch.cuda.is_available():
             raise LegalignError("--device cuda: no CUDA device available")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LegalignError(f"{out}: --out exists and is not a folder")
     workers = args.workers or max(1, os.cpu_count() or 1)
-    opts = EngineOptions(
+    return EngineOptions(
         out_dir=out,
         model=args.model,
         config=args.config,
@@ -176,6 +184,15 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         file_timeout_s=args.file_timeout,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+
+    problems = check_inputs(args.inputs)
+    if problems:
+        raise LegalignError("; ".join(problems))
+    opts = engine_options(args, args.engine)
+    out = Path(args.out)
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
         raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")
     if args.engine == "ray":

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,21 @@ from legalign.pipeline.outputs.table import write_tables
 class RunBook:
     """Journal, summary and progress of one run over ``inputs`` into ``opts.out_dir``."""
 
-    def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
+    def __init__(
+        self,
+        inputs: list[str],
+        opts: EngineOptions,
+        *,
+        source: Iterable[str | dict[str, Any]] | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``source`` replaces the expansion of ``inputs``: an iterable (it may block, e.g.
+        on a download) of file paths, or of finished failure rows (dicts, recorded as they
+        come), consumed lazily.  ``on_record`` is called with each row once it is durable
+        in the journal (e.g. to send its outputs somewhere)."""
         self.inputs = list(inputs)
+        self.source = source
+        self.on_record = on_record
         self.opts = opts
         self.out = Path(opts.out_dir)
         self.journal = Journal(self.out)
@@ -53,7 +66,11 @@ class RunBook:
     def unfinished_inputs(self, done: set[int]) -> Iterator[tuple[str, int]]:
         """(path, key) of each input not finished yet, once each; counts what it skips."""
         seen: set[int] = set()
-        for path in expand_inputs(self.inputs, exclude=[self.out]):
+        items = self.source if self.source is not None else self._expanded_inputs()
+        for path in items:
+            if isinstance(path, dict):  # a row the source already finished (a failure)
+                self.record(path)
+                continue
             key = file_key(path)
             if key in done:
                 self.summary.skipped_done += 1
@@ -64,6 +81,9 @@ class RunBook:
             seen.add(key)
             yield path, key
 
+    def _expanded_inputs(self) -> Iterator[str]:
+        return expand_inputs(self.inputs, exclude=[self.out])
+
     def record(self, d: dict[str, Any]) -> None:
         """Journal one finished file (durable), then count it."""
         self.journal.append(d, dumps(d, indent=None))
@@ -72,6 +92,8 @@ class RunBook:
             self.summary.add_timing(stage, secs)
         if d.get("status") == "failed":
             self.failed_this_run += 1
+        if self.on_record is not None:
+            self.on_record(d)
         if self.bar is not None:
             self.bar.update(1)
             if self.failed_this_run:
@@ -111,8 +133,8 @@ class RunBook:
             file=sys.stderr,
             mininterval=0.5 if tty else 30.0,
         )
-        if total is not None:
-            return
+        if total is not None or self.source is not None:
+            return  # a caller's source is not walked twice
         bar, inputs, out = self.bar, self.inputs, self.out
 
         def count() -> None:

@@ -34,6 +34,7 @@ import multiprocessing as mp
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ __all__ = [
     "EXIT_USAGE",
     "EngineOptions",
     "LocalEngine",
+    "failure_dict",
     "run_local",
 ]
 
@@ -91,10 +93,17 @@ class LocalEngine:
     """Worker processes on this machine (mode "worker": everything per file in the
     workers; mode "main": the networks batched in this process)."""
 
-    def __init__(self, inputs: list[str], opts: EngineOptions) -> None:
+    def __init__(
+        self,
+        inputs: list[str],
+        opts: EngineOptions,
+        *,
+        source: Iterable[str | dict[str, Any]] | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.opts = opts
         self.mode = opts.resolved_mode()
-        self.book = RunBook(inputs, opts)
+        self.book = RunBook(inputs, opts, source=source, on_record=on_record)
         self.in_flight: dict[Future, tuple[str, Any]] = {}
         self.running_since: dict[Future, float] = {}
         self.quarantine: deque[_Item] = deque()
@@ -321,8 +330,15 @@ def _item_path(payload: Any) -> str:
     return payload.path if isinstance(payload, _Item) else payload[0].path
 
 
-def run_local(inputs: list[str], opts: EngineOptions) -> tuple[int, Any]:
-    """Run the engine; returns (exit code, RunSummary)."""
-    engine = LocalEngine(inputs, opts)
+def run_local(
+    inputs: list[str],
+    opts: EngineOptions,
+    *,
+    source: Iterable[str | dict[str, Any]] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[int, Any]:
+    """Run the engine; returns (exit code, RunSummary).  ``source`` and ``on_record``:
+    see ``RunBook`` (the ``legalign pacs`` command feeds downloads and uploads results)."""
+    engine = LocalEngine(inputs, opts, source=source, on_record=on_record)
     code = engine.run()
     return code, engine.summary
