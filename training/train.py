@@ -129,8 +129,15 @@ class TrainConfig:
     # configs/augmentation_default.yaml.  Absent or null: only the sampler's own
     # matrix-based augmentation (``coarse.augment`` / ``fine.augment``) is used.
     augmentation: dict[str, Any] | None = None
+    # Fine-tuning: start from this checkpoint's weights instead of a fresh initialisation:
+    # "default" (the shipped model) or a checkpoint path (relative: working directory,
+    # else the repository root).  Its network spec must equal ``model``
+    # (configs/finetune.yaml extends the default recipe, so it does).
+    init_from: str | None = None
 
     def validate(self) -> None:
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("init_from: must be 'default' or a checkpoint path")
         if self.augmentation is not None:
             from legalign.training.augment import augmentation_config
 
@@ -385,6 +392,8 @@ def train(
 
     state: dict[str, Any] = {"stage_index": 0, "step": 0}
     last = out / "last.pt"
+    if cfg.init_from is not None and not resume:
+        init_weights(nets, spec, cfg.init_from, log=log if is_main else (lambda *_: None))
     if resume:
         if not last.exists():
             raise ConfigError(f"--resume: no checkpoint at {last}")
@@ -535,6 +544,28 @@ def train(
     if distributed:
         dist.destroy_process_group()
     return result
+
+
+def init_weights(nets: dict[str, Any], spec: LocatorSpec, init_from: str, log=print) -> None:
+    """Load a checkpoint's coarse and fine weights into ``nets`` (fine-tuning)."""
+    from legalign.models.checkpoint import load_checkpoint
+    from legalign.pipeline.errors import InputError
+
+    path = None if init_from == "default" else resolve_path(init_from)
+    try:
+        ck = load_checkpoint(path)
+    except InputError as exc:
+        raise ConfigError(f"init_from: {exc}") from None
+    theirs, ours = LocatorSpec.from_dict(ck["spec"]).to_dict(), spec.to_dict()
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ConfigError(
+            f"init_from: the checkpoint's network spec differs from model ({', '.join(diff)})"
+        )
+    for stage in ("coarse", "fine"):
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in ck[stage].items()}
+        nets[stage].load_state_dict(weights)
+    log(f"initialised from {'the shipped default model' if path is None else path}")
 
 
 def _match_legs(pred, gt):
