@@ -75,6 +75,7 @@ def _wait(fn, timeout=60.0, what="condition"):
 
 def test_drag_accept_reload_in_headless_chromium(tmp_path):
     _need_browser()
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -91,37 +92,53 @@ def test_drag_accept_reload_in_headless_chromium(tmp_path):
         first_view_ms = int(driver.execute_script("return document.body.dataset.firstView"))
         leg_id = driver.execute_script("return S.legId")
 
+        def text(element_id: str) -> str:
+            # read in one script call: the panel is re-rendered while values arrive
+            return driver.execute_script(
+                "const e = document.getElementById(arguments[0]); return e ? e.textContent : null",
+                element_id,
+            )
+
         def hka() -> str:
-            return driver.find_element(By.ID, "hka-current").text
+            return text("hka-current")
 
         before = hka()
-        knee = driver.find_element(By.CSS_SELECTOR, '.lm[data-name="knee_centre"] circle.hit')
-        chain = ActionChains(driver).click_and_hold(knee)
-        for _ in range(6):
-            chain = chain.move_by_offset(5, 0).pause(0.05)
-        chain.release().perform()
+        for attempt in range(3):  # the overlay is redrawn when pixels arrive: retry if stale
+            try:
+                knee = driver.find_element(By.CSS_SELECTOR, '.lm[data-name="knee_centre"] .hit')
+                chain = ActionChains(driver).click_and_hold(knee)
+                for _ in range(6):
+                    chain = chain.move_by_offset(5, 0).pause(0.05)
+                chain.release().perform()
+                break
+            except StaleElementReferenceException:
+                if attempt == 2:
+                    raise
         _wait(lambda: hka() != before, what="HKA to change")
         _wait(
-            lambda: "saved" in driver.find_element(By.ID, "message").text,
+            lambda: "saved" in (text("message") or ""),
             what="amended points saved",
         )
         after = hka()
         assert after != before
-        assert driver.find_element(By.ID, "review-state").text == "in progress"
+        assert text("review-state") == "in progress"
         shot = tmp_path / "review_viewer.png"
         driver.save_screenshot(str(shot))
         driver.find_element(By.ID, "btn-accept").click()
         _wait(
-            lambda: driver.find_element(By.ID, "review-state").text == "amended",
+            lambda: text("review-state") == "amended",
             what="accepted as amended",
         )
         driver.refresh()
         _wait(lambda: driver.execute_script("return document.body.dataset.ready"), what="reload")
         assert driver.execute_script("return S.legId") == leg_id  # same leg after reload
-        assert driver.find_element(By.ID, "review-state").text == "amended"
-        assert driver.find_element(By.ID, "hka-current").text == after != before
-        row = driver.find_element(By.CSS_SELECTOR, f'#worklist tr[data-leg="{leg_id}"]')
-        assert "amended" in row.text
+        assert text("review-state") == "amended"
+        assert hka() == after != before
+        row = driver.execute_script(
+            "return document.querySelector(`#worklist tr[data-leg='${arguments[0]}']`).textContent",
+            leg_id,
+        )
+        assert "amended" in row
         # the keyboard moves through the worklist
         driver.find_element(By.TAG_NAME, "body").send_keys("j")
         _wait(lambda: driver.execute_script("return S.legId") != leg_id, what="next leg")
