@@ -75,7 +75,7 @@ async function loadWorklist() {
 function filtered() {
   const fr = $("f-review").value, ff = $("f-flag").value, fs = $("f-status").value;
   const fp = $("f-plan").value, ft = $("f-text").value.trim().toLowerCase();
-  const fw = parseFloat($("f-width").value);
+  const fw = parseFloat($("f-width").value), fh = parseFloat($("f-hka").value);
   return S.rows.filter((r) => {
     if (fr === "todo" && ["accepted", "amended", "rejected"].includes(r.review_state)) return false;
     if (fr && fr !== "todo" && r.review_state !== fr) return false;
@@ -86,6 +86,7 @@ function filtered() {
     if (fp && fp !== "none" && r.plan_level !== fp) return false;
     if (ft && !r.film.toLowerCase().includes(ft)) return false;
     if (!isNaN(fw) && !(r.hka_interval_deg !== null && r.hka_interval_deg >= fw)) return false;
+    if (!isNaN(fh) && !(r.hka_deg !== null && Math.abs(r.hka_deg) >= fh)) return false;
     return true;
   });
 }
@@ -634,7 +635,7 @@ function wire() {
   $("reviewer").value = saved || document.querySelector('meta[name="review-reviewer"]').content || "";
   $("reviewer").addEventListener("change", () => localStorage.setItem("legalign-reviewer", reviewer()));
   for (const id of ["f-review", "f-flag", "f-status", "f-plan"]) $(id).addEventListener("change", renderWorklist);
-  for (const id of ["f-text", "f-width"]) $(id).addEventListener("input", renderWorklist);
+  for (const id of ["f-text", "f-width", "f-hka"]) $(id).addEventListener("input", renderWorklist);
   document.querySelectorAll("#worklist th").forEach((th) => th.addEventListener("click", () => {
     const k = th.dataset.key;
     S.sortDir = S.sortKey === k ? -S.sortDir : (["hka_deg", "hka_interval_deg", "flagged"].includes(k) ? -1 : 1);
