@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from legalign.pipeline.assemble import result_from_legs
+from legalign.pipeline.assemble import build_leg, result_from_legs
 from legalign.pipeline.coarse_to_fine import locate_radiographs
 from legalign.pipeline.errors import InputError, SpacingError
 from legalign.pipeline.geometry_config import GeometryConfig, load_geometry_config
@@ -37,6 +37,8 @@ __all__ = [
     "Landmark",
     "LegResult",
     "analyse",
+    "build_leg",
+    "result_from_legs",
     "load_config",
     "load_locator",
     "radiograph_from",

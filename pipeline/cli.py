@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "legalign.pipeline.commands.evaluate",
     "legalign.pipeline.commands.export",
     "legalign.pipeline.commands.synth",
+    "legalign.pipeline.commands.review",
 )
 
 

@@ -51,6 +51,7 @@ from legalign.pipeline.config_schema import (
     from_mapping,
     read_yaml,
 )
+from legalign.pipeline.errors import InputError
 from legalign.pipeline.geometry_config import load_geometry_config
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.locate import Locator
@@ -139,8 +140,15 @@ class TrainConfig:
     # configs/augmentation_default.yaml.  Absent or null: only the sampler's own
     # matrix-based augmentation (``coarse.augment`` / ``fine.augment``) is used.
     augmentation: dict[str, Any] | None = None
+    # Fine-tuning: start from this checkpoint's weights instead of a fresh initialisation:
+    # "default" (the shipped model) or a checkpoint path (relative: the working
+    # directory).  Its network spec must equal ``model`` (configs/finetune.yaml extends
+    # the default recipe, so it does).
+    init_from: str | None = None
 
     def validate(self) -> None:
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("init_from: must be 'default' or a checkpoint path")
         if self.augmentation is not None:
             augmentation_config(self.augmentation)  # raises ConfigError naming the key
         for s in self.stages:
@@ -295,6 +303,8 @@ def build_networks(
     coarse_net, fine_net = build_nets(cfg.model, pretrained=cfg.pretrained)
     nets = {"coarse": coarse_net.to(run.device), "fine": fine_net.to(run.device)}
     state = StageState()
+    if cfg.init_from is not None and not resume:
+        init_weights(nets, cfg.model, cfg.init_from, log=run.log if run.is_main else _quiet)
     if resume:
         last = run.out / "last.pt"
         if not last.exists():
@@ -305,6 +315,34 @@ def build_networks(
         state = StageState.from_dict(dict(ck.get("train_state", {})))
         run.log(f"resumed from {last}: stage {state.stage_index}, step {state.step}")
     return nets, state
+
+
+def _quiet(*_: Any) -> None:
+    pass
+
+
+def init_weights(
+    nets: dict[str, torch.nn.Module],
+    spec: LocatorSpec,
+    init_from: str,
+    log: Callable[..., None] = print,
+) -> None:
+    """Load a checkpoint's coarse and fine weights into ``nets`` (fine-tuning)."""
+    path = None if init_from == "default" else Path(init_from)
+    try:
+        ck = load_checkpoint(path)
+    except InputError as exc:
+        raise ConfigError(f"init_from: {exc}") from None
+    theirs, ours = LocatorSpec.from_dict(ck["spec"]).to_dict(), spec.to_dict()
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ConfigError(
+            f"init_from: the checkpoint's network spec differs from model ({', '.join(diff)})"
+        )
+    for stage in ("coarse", "fine"):
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in ck[stage].items()}
+        nets[stage].load_state_dict(weights)
+    log(f"initialised from {'the shipped default model' if path is None else path}")
 
 
 def save_final(

@@ -97,8 +97,17 @@ def build_sr(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     series_number: int = 9801,
+    review: dict[str, dict[str, Any]] | None = None,
+    verifier: str | None = None,
 ) -> Any:
-    """The SR dataset for an image result dict and its source DICOM header."""
+    """The SR dataset for an image result dict and its source DICOM header.
+
+    ``review`` (``legalign review --export``): side -> {"state": accepted | amended |
+    rejected | in_progress | unreviewed, "reason": reject reason or None, "amended":
+    [landmark names placed by the reviewer]}; recorded as a "Review status" (and "Reject
+    reason") evaluation per leg and an "Amended by reviewer" flag per moved landmark.
+    ``verifier``: the reviewer's name; the SR is then marked VERIFIED by that observer.
+    """
 
     algorithm = hd.sr.AlgorithmIdentification(name="legalign", version=__version__)
     observer = hd.sr.ObserverContext(
@@ -137,7 +146,14 @@ def build_sr(
                     )
                 )
             evaluations = []
-            if not lm.get("used", True):
+            if name in ((review or {}).get(side) or {}).get("amended", ()):
+                evaluations.append(
+                    hd.sr.QualitativeEvaluation(
+                        name=_code("LMFLAG", "Landmark flag"),
+                        value=_code("AMENDED", "Placed by a reviewer"),
+                    )
+                )
+            elif not lm.get("used", True):
                 evaluations.append(
                     hd.sr.QualitativeEvaluation(
                         name=_code("LMFLAG", "Landmark flag"),
@@ -191,6 +207,21 @@ def build_sr(
                     value=_code(f"LVL-{plan['level']}", plan["level"]),
                 )
             )
+        rev = (review or {}).get(side)
+        if rev is not None:
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(
+                    name=_code("REVSTAT", "Review status"),
+                    value=_code(f"REV-{rev['state'].upper()}", rev["state"].replace("_", " ")),
+                )
+            )
+            if rev.get("reason"):
+                evaluations.append(
+                    hd.sr.QualitativeEvaluation(
+                        name=_code("REVREJ", "Reject reason"),
+                        value=_code(rev.get("reason_code") or "REJ", str(rev["reason"])[:64]),
+                    )
+                )
         if measurements or evaluations:
             groups.append(
                 hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -219,7 +250,9 @@ def build_sr(
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
-        is_verified=False,
+        is_verified=verifier is not None,
+        verifying_observer_name=verifier,
+        verifying_organization="legalign review" if verifier is not None else None,
     )
     sr.SeriesDescription = "legalign alignment measurements (planning support only)"
     return sr
