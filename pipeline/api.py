@@ -56,14 +56,20 @@ FAILURE_REASONS: tuple[str, ...] = (
 # --------------------------------------------------------------------------- types
 @dataclass(frozen=True)
 class Landmark:
-    """One located landmark.  ``used`` is False when its confidence is below the
-    configured threshold: it is reported (flagged) but not measured from."""
+    """One located landmark.  ``used`` is False when it lies outside the film or is
+    unusable (flag ``outside_film`` / ``unusable``): it is reported but not measured
+    from.  A used landmark below the low-confidence threshold carries the flag
+    ``low_confidence``.  ``error_radius_px`` / ``_mm``: the radius that holds the true
+    position with the configured probability (90 %; pipeline/uncertainty.py)."""
 
     name: str
     x: float
     y: float
     confidence: float | None
     used: bool
+    flag: str | None = None
+    error_radius_px: float | None = None
+    error_radius_mm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,7 +77,9 @@ class Landmark:
             "y": self.y,
             "confidence": self.confidence,
             "used": self.used,
-            "flag": None if self.used else "low_confidence",
+            "flag": self.flag,
+            "error_radius_px": self.error_radius_px,
+            "error_radius_mm": self.error_radius_mm,
         }
 
 
@@ -91,13 +99,20 @@ class LegResult:
     null_reasons: dict[str, str] = field(default_factory=dict)
     mirrored: bool = False
     side_source: str | None = None
+    # measurement -> (lo, hi): the ``interval_level`` interval propagated from the
+    # landmarks' error radii (pipeline/uncertainty.py)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    interval_level: float | None = None
+    review: bool = False  # the leg should be reviewed (it keeps its measurements)
+    review_reasons: list[str] = field(default_factory=list)
 
     @property
     def low_confidence(self) -> dict[str, float]:
+        """Landmarks below the low-confidence threshold (flagged, still measured from)."""
         return {
             n: float(lm.confidence)
             for n, lm in self.landmarks.items()
-            if not lm.used and lm.confidence is not None
+            if lm.flag == "low_confidence" and lm.confidence is not None
         }
 
     def measurements_dict(self) -> dict[str, Any]:
@@ -129,6 +144,10 @@ class LegResult:
             },
             "low_confidence": self.low_confidence,
             "measurements": self.measurements_dict(),
+            "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items()},
+            "interval_level": self.interval_level,
+            "review": self.review,
+            "review_reasons": list(self.review_reasons),
             "plan": self.plan_dict(),
             "null_reasons": dict(self.null_reasons),
         }
@@ -325,52 +344,45 @@ def side_source(legs: list[LegLandmarks], info: FilmInfo) -> str | None:
 
 
 def _null_reason(
-    key: str, leg: LegLandmarks, dropped: dict[str, float], spacing_mm: float | None
+    key: str, leg: LegLandmarks, dropped: dict[str, str], spacing_mm: float | None
 ) -> str:
     deps = MEASUREMENT_DEPENDENCIES.get(key, ())
     for name in deps:
         if name in dropped:
-            return f"{name} low confidence ({dropped[name]:.2f})"
+            return dropped[name]
     for name in deps:
         if name not in leg.points:
             return f"{name} not found"
     if (key in MM_MEASUREMENTS or key.endswith("_mm")) and spacing_mm is None:
         return "no pixel spacing (angles only)"
     if dropped:
-        names = ", ".join(f"{n} ({c:.2f})" for n, c in sorted(dropped.items()))
-        return f"not computable; low-confidence landmarks dropped: {names}"
+        return "not computable; not used: " + "; ".join(r for _, r in sorted(dropped.items()))
     return "not computable from these landmarks"
 
 
 def build_leg(
-    leg: LegLandmarks, spacing_mm: float | None, cfg: Any, side_source: str | None = None
+    leg: LegLandmarks,
+    spacing_mm: float | None,
+    cfg: Any,
+    side_source: str | None = None,
+    film_size: tuple[int, int] | None = None,
+    uncertainty: Any = None,
 ) -> LegResult:
-    """Drop low-confidence landmarks, measure, plan, and explain every null value."""
+    """Measure from every usable landmark (pipeline/landmark_use.py: not outside the film
+    ``film_size`` = (width, height), not unusable), attach error radii and intervals
+    (``uncertainty``: an ``UncertaintyConfig``, default configs/uncertainty.yaml), flag
+    the leg for review when its HKA interval is wide, plan, and explain every null."""
+    from legalign.pipeline.landmark_use import review_reasons, usable_landmarks
     from legalign.pipeline.measure import measure_leg
     from legalign.pipeline.plan import plan_leg
+    from legalign.pipeline.uncertainty import leg_uncertainty, load_uncertainty_config
 
+    uncertainty = uncertainty or load_uncertainty_config()
+    width, height = film_size if film_size is not None else (None, None)
+    use = usable_landmarks(leg, width, height, float(cfg.landmarks.unusable_confidence))
+    used_leg = use.leg
+    dropped = use.reasons
     threshold = float(cfg.landmarks.low_confidence)
-    landmarks: dict[str, Landmark] = {}
-    dropped: dict[str, float] = {}
-    for name in LANDMARK_NAMES:
-        if name not in leg.points:
-            continue
-        x, y = leg.points[name]
-        conf = leg.confidence.get(name)
-        used = conf is None or float(conf) >= threshold
-        if not used:
-            dropped[name] = float(conf)
-        landmarks[name] = Landmark(
-            name, float(x), float(y), None if conf is None else float(conf), used
-        )
-    used_leg = LegLandmarks(
-        side=leg.side,
-        points={n: (lm.x, lm.y) for n, lm in landmarks.items() if lm.used},
-        confidence={
-            n: lm.confidence for n, lm in landmarks.items() if lm.used and lm.confidence is not None
-        },
-        mirrored=leg.mirrored,
-    )
     try:
         meas = measure_leg(used_leg, spacing_mm, cfg)
     except LegalignError as exc:  # e.g. two landmarks that define a line coincide
@@ -378,16 +390,42 @@ def build_leg(
 
         why = str(exc).splitlines()[0]
         meas = LegMeasurements(null_reasons={k: why for k in MEASUREMENT_KEYS})
+    values = _measurement_values(meas)
+    unc = leg_uncertainty(used_leg, values, spacing_mm, uncertainty, cfg)
+    landmarks: dict[str, Landmark] = {}
+    low: list[str] = []
+    for name in LANDMARK_NAMES:
+        if name not in leg.points:
+            continue
+        x, y = leg.points[name]
+        conf = leg.confidence.get(name)
+        flag = use.flags.get(name)
+        if flag is None and conf is not None and float(conf) < threshold:
+            flag = "low_confidence"
+            low.append(name)
+        radius = unc.landmark_radius_px.get(name)
+        landmarks[name] = Landmark(
+            name,
+            float(x),
+            float(y),
+            None if conf is None else float(conf),
+            name not in use.flags,
+            flag,
+            radius,
+            None if radius is None or spacing_mm is None else radius * spacing_mm,
+        )
     null_reasons: dict[str, str] = {}
-    for key, value in _measurement_values(meas).items():
+    for key, value in values.items():
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             lead = getattr(meas, "null_reasons", {}).get(key)
             mine = _null_reason(key, used_leg, dropped, spacing_mm)
-            # a dropped low-confidence landmark is the root cause: say so
-            null_reasons[key] = mine if (lead is None or "low confidence" in mine) else lead
+            # a landmark outside the film or unusable is the root cause: say so
+            deps = MEASUREMENT_DEPENDENCIES.get(key, ())
+            root = any(n in dropped for n in deps)
+            null_reasons[key] = mine if (lead is None or root) else lead
     plan = None
     try:
-        plan = plan_leg(used_leg, meas, spacing_mm, cfg, low_confidence=tuple(sorted(dropped)))
+        plan = plan_leg(used_leg, meas, spacing_mm, cfg, low_confidence=tuple(sorted(low)))
     except LegalignError as exc:
         null_reasons["plan"] = str(exc).splitlines()[0]
     if plan is not None and (plan.indicated is None or (plan.indicated and plan.level is None)):
@@ -395,6 +433,7 @@ def build_leg(
     core_ok = getattr(meas, "hka_deg", None) is not None
     incomplete = [k for k, v in null_reasons.items() if not v.startswith("no pixel spacing")]
     status = "failed" if not core_ok else ("partial" if incomplete else "ok")
+    why = review_reasons(unc.intervals, getattr(meas, "hka_deg", None), cfg)
     return LegResult(
         side=leg.side,
         status=status,
@@ -404,6 +443,10 @@ def build_leg(
         null_reasons=null_reasons,
         mirrored=leg.mirrored,
         side_source=side_source,
+        intervals=unc.intervals,
+        interval_level=unc.level,
+        review=bool(why),
+        review_reasons=why,
     )
 
 
@@ -414,8 +457,12 @@ def result_from_legs(
     *,
     model_name: str | None = None,
     timings_s: dict[str, float] | None = None,
+    uncertainty: Any = None,
 ) -> ImageResult:
-    """The one code path from located landmarks to an ImageResult (API and engine)."""
+    """The one code path from located landmarks to an ImageResult (API and engine).
+    ``uncertainty``: an ``UncertaintyConfig`` (default: configs/uncertainty.yaml)."""
+    from legalign.pipeline.uncertainty import load_uncertainty_config
+
     base = dict(
         file=info.path,
         width=info.width,
@@ -434,7 +481,9 @@ def result_from_legs(
     )
     legs = sorted(legs, key=_centre_x)
     source = side_source(legs, info)
-    leg_results = [build_leg(leg, info.spacing_mm, cfg, source) for leg in legs]
+    uncertainty = uncertainty or load_uncertainty_config()
+    size = (info.width, info.height)
+    leg_results = [build_leg(leg, info.spacing_mm, cfg, source, size, uncertainty) for leg in legs]
     if not any(lr.status != "failed" for lr in leg_results):
         n = len(leg_results)
         msg = f"{info.path}: " + (
