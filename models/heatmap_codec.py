@@ -13,6 +13,8 @@ of a landmark is the heatmap's peak value clipped to [0, 1] (the targets peak at
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.ndimage import maximum_filter
 
@@ -159,3 +161,37 @@ def disk_mask(shape: tuple[int, int], centre: tuple[float, float], radius: float
     ys = np.arange(h)[:, None]
     xs = np.arange(w)[None, :]
     return (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 <= radius * radius
+
+
+def spread(heatmaps: np.ndarray, xy: np.ndarray, radius: int = 4) -> np.ndarray:
+    """Spatial spread of each heatmap around its decoded position, in heatmap pixels.
+
+    ``heatmaps`` (..., H, W), ``xy`` (..., 2) heatmap-pixel positions (``decode``'s
+    output).  Returns (...): sqrt of half the mean squared distance from ``xy``,
+    weighted by the non-negative heatmap within ``radius`` pixels of the peak, i.e.
+    the per-axis standard deviation of the peak's mass.  A clean Gaussian target of
+    sigma s gives about s (less when the window cuts its tail); a flat, smeared or
+    split peak gives more.  An all-zero window gives ``radius``.  The uncertainty
+    stage (``pipeline.uncertainty``) maps it, with the confidence, to an error radius.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    lead = hm.shape[:-2]
+    h, w = hm.shape[-2:]
+    flat = hm.reshape(-1, h, w)
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    r = int(radius)
+    t = np.arange(-r, r + 1)
+    out = np.empty(len(flat), dtype=np.float64)
+    for i in range(len(flat)):
+        cx, cy = pts[i]
+        ix = np.clip(int(round(cx)) + t, 0, w - 1)
+        iy = np.clip(int(round(cy)) + t, 0, h - 1)
+        ix, iy = np.unique(ix), np.unique(iy)
+        win = np.maximum(flat[i][np.ix_(iy, ix)], 0.0).astype(np.float64)
+        dx = ix[None, :] - cx
+        dy = iy[:, None] - cy
+        d2 = dx * dx + dy * dy
+        keep = d2 <= (r + 0.5) ** 2
+        wsum = float(win[keep].sum())
+        out[i] = math.sqrt(float((win * d2)[keep].sum()) / (2.0 * wsum)) if wsum > 1e-8 else r
+    return out.reshape(lead)

@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from legalign.pipeline.enums import Side, Status
+from legalign.pipeline.enums import Status
 from legalign.pipeline.errors import FailureReason, LegalignError
+from legalign.pipeline.landmark_use import review_reasons, usable_landmarks
 from legalign.pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
 from legalign.pipeline.measure import MM_VALUES, REQUIRES, LegMeasurements, measure_leg
 from legalign.pipeline.plan import plan_leg
 from legalign.pipeline.results import FilmInfo, ImageResult, Landmark, LegResult, measurement_values
+from legalign.pipeline.uncertainty import leg_uncertainty, load_uncertainty_config
 
 # Which landmarks each per-leg measurement needs (pipeline/measure.py).  Used to explain
 # a null value: the first missing or low-confidence landmark is the reason.
@@ -50,64 +52,82 @@ def side_source(legs: list[LegLandmarks], info: FilmInfo) -> str | None:
 
 
 def _null_reason(
-    key: str, leg: LegLandmarks, dropped: dict[str, float], spacing_mm: float | None
+    key: str, leg: LegLandmarks, dropped: dict[str, str], spacing_mm: float | None
 ) -> str:
     deps = MEASUREMENT_DEPENDENCIES.get(key, ())
     for name in deps:
         if name in dropped:
-            return f"{name} low confidence ({dropped[name]:.2f})"
+            return dropped[name]
     for name in deps:
         if name not in leg.points:
             return f"{name} not found"
     if (key in MM_MEASUREMENTS or key.endswith("_mm")) and spacing_mm is None:
         return "no pixel spacing (angles only)"
     if dropped:
-        names = ", ".join(f"{n} ({c:.2f})" for n, c in sorted(dropped.items()))
-        return f"not computable; low-confidence landmarks dropped: {names}"
+        return "not computable; not used: " + "; ".join(r for _, r in sorted(dropped.items()))
     return "not computable from these landmarks"
 
 
 def build_leg(
-    leg: LegLandmarks, spacing_mm: float | None, cfg: Any, side_source: str | None = None
+    leg: LegLandmarks,
+    spacing_mm: float | None,
+    cfg: Any,
+    side_source: str | None = None,
+    film_size: tuple[int, int] | None = None,
+    uncertainty: Any = None,
 ) -> LegResult:
-    """Drop low-confidence landmarks, measure, plan, and explain every null value."""
+    """Measure from every usable landmark (pipeline/landmark_use.py: not outside the film
+    ``film_size`` = (width, height), not unusable), attach error radii and intervals
+    (``uncertainty``: an ``UncertaintyConfig``, default configs/uncertainty.yaml), flag
+    the leg for review when its HKA interval is wide, plan, and explain every null."""
+
+    uncertainty = uncertainty or load_uncertainty_config()
+    width, height = film_size if film_size is not None else (None, None)
+    use = usable_landmarks(leg, width, height, float(cfg.landmarks.unusable_confidence))
+    used_leg = use.leg
+    dropped = use.reasons
     threshold = float(cfg.landmarks.low_confidence)
-    landmarks: dict[str, Landmark] = {}
-    dropped: dict[str, float] = {}
-    for name in LANDMARK_NAMES:
-        if name not in leg.points:
-            continue
-        x, y = leg.points[name]
-        conf = leg.confidence.get(name)
-        used = conf is None or float(conf) >= threshold
-        if conf is not None and not used:
-            dropped[name] = float(conf)
-        landmarks[name] = Landmark(
-            name, float(x), float(y), None if conf is None else float(conf), used
-        )
-    used_leg = LegLandmarks(
-        side=leg.side,
-        points={n: (lm.x, lm.y) for n, lm in landmarks.items() if lm.used},
-        confidence={
-            n: lm.confidence for n, lm in landmarks.items() if lm.used and lm.confidence is not None
-        },
-        mirrored=leg.mirrored,
-    )
     try:
         meas = measure_leg(used_leg, spacing_mm, cfg)
     except LegalignError as exc:  # e.g. two landmarks that define a line coincide
         why = str(exc).splitlines()[0]
         meas = LegMeasurements(null_reasons={k: why for k in MEASUREMENT_KEYS})
+    values = measurement_values(meas)
+    unc = leg_uncertainty(used_leg, values, spacing_mm, uncertainty, cfg)
+    landmarks: dict[str, Landmark] = {}
+    low: list[str] = []
+    for name in LANDMARK_NAMES:
+        if name not in leg.points:
+            continue
+        x, y = leg.points[name]
+        conf = leg.confidence.get(name)
+        flag = use.flags.get(name)
+        if flag is None and conf is not None and float(conf) < threshold:
+            flag = "low_confidence"
+            low.append(name)
+        radius = unc.landmark_radius_px.get(name)
+        landmarks[name] = Landmark(
+            name,
+            float(x),
+            float(y),
+            None if conf is None else float(conf),
+            name not in use.flags,
+            flag,
+            radius,
+            None if radius is None or spacing_mm is None else radius * spacing_mm,
+        )
     null_reasons: dict[str, str] = {}
-    for key, value in measurement_values(meas).items():
+    for key, value in values.items():
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             lead = getattr(meas, "null_reasons", {}).get(key)
             mine = _null_reason(key, used_leg, dropped, spacing_mm)
-            # a dropped low-confidence landmark is the root cause: say so
-            null_reasons[key] = mine if (lead is None or "low confidence" in mine) else lead
+            # a landmark outside the film or unusable is the root cause: say so
+            deps = MEASUREMENT_DEPENDENCIES.get(key, ())
+            root = any(n in dropped for n in deps)
+            null_reasons[key] = mine if (lead is None or root) else lead
     plan = None
     try:
-        plan = plan_leg(used_leg, meas, spacing_mm, cfg, low_confidence=tuple(sorted(dropped)))
+        plan = plan_leg(used_leg, meas, spacing_mm, cfg, low_confidence=tuple(sorted(low)))
     except LegalignError as exc:
         null_reasons["plan"] = str(exc).splitlines()[0]
     if plan is not None and (plan.indicated is None or (plan.indicated and plan.level is None)):
@@ -115,6 +135,7 @@ def build_leg(
     core_ok = getattr(meas, "hka_deg", None) is not None
     incomplete = [k for k, v in null_reasons.items() if not v.startswith("no pixel spacing")]
     status = Status.FAILED if not core_ok else (Status.PARTIAL if incomplete else Status.OK)
+    why = review_reasons(unc.intervals, getattr(meas, "hka_deg", None), cfg)
     return LegResult(
         side=leg.side,
         status=status,
@@ -124,6 +145,10 @@ def build_leg(
         null_reasons=null_reasons,
         mirrored=leg.mirrored,
         side_source=side_source,
+        intervals=unc.intervals,
+        interval_level=unc.level,
+        review=bool(why),
+        review_reasons=why,
     )
 
 
@@ -134,8 +159,10 @@ def result_from_legs(
     *,
     model_name: str | None = None,
     timings_s: dict[str, float] | None = None,
+    uncertainty: Any = None,
 ) -> ImageResult:
-    """The one code path from located landmarks to an ImageResult (API and engine)."""
+    """The one code path from located landmarks to an ImageResult (API and engine).
+    ``uncertainty``: an ``UncertaintyConfig`` (default: configs/uncertainty.yaml)."""
     base: dict[str, Any] = dict(
         file=info.path,
         width=info.width,
@@ -154,7 +181,9 @@ def result_from_legs(
     )
     legs = sorted(legs, key=_centre_x)
     source = side_source(legs, info)
-    leg_results = [build_leg(leg, info.spacing_mm, cfg, source) for leg in legs]
+    uncertainty = uncertainty or load_uncertainty_config()
+    size = (info.width, info.height)
+    leg_results = [build_leg(leg, info.spacing_mm, cfg, source, size, uncertainty) for leg in legs]
     if not any(lr.status is not Status.FAILED for lr in leg_results):
         n = len(leg_results)
         msg = f"{info.path}: " + (
@@ -176,13 +205,12 @@ def result_from_legs(
     null_reasons: dict[str, str] = {}
     lld = None
     sides = {lr.side for lr in leg_results}
-    if sides == {Side.LEFT, Side.RIGHT}:
+    if sides == {"left", "right"}:
         # lld_mm as pipeline.measure.measure_film defines it (left minus right leg length),
         # from the legs already measured here
         length = {lr.side: getattr(lr.measurements, "leg_length_mm", None) for lr in leg_results}
-        left, right = length[Side.LEFT], length[Side.RIGHT]
-        if left is not None and right is not None:
-            lld = float(left - right)
+        if length["left"] is not None and length["right"] is not None:
+            lld = float(length["left"] - length["right"])
         else:
             if info.spacing_mm is None:
                 null_reasons["lld_mm"] = "no pixel spacing (angles only)"

@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "legalign.pipeline.commands.export",
     "legalign.pipeline.commands.synth",
     "legalign.pipeline.commands.review",
+    "legalign.pipeline.commands.framing",
 )
 
 

@@ -42,11 +42,24 @@ class Normals:
 
 @dataclass(frozen=True)
 class LandmarkRules:
-    low_confidence: float
+    low_confidence: float  # flagged below this (still measured from)
+    unusable_confidence: float  # not measured from below this
 
     def validate(self) -> None:
-        if not 0.0 <= self.low_confidence <= 1.0:
-            raise ConfigError("low_confidence: must be within [0, 1]")
+        for name in ("low_confidence", "unusable_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be within [0, 1]")
+        if self.unusable_confidence > self.low_confidence:
+            raise ConfigError("unusable_confidence: must not exceed low_confidence")
+
+
+@dataclass(frozen=True)
+class Review:
+    max_hka_interval_deg: float  # a wider 90 % HKA interval flags the leg for review
+
+    def validate(self) -> None:
+        if not self.max_hka_interval_deg > 0:
+            raise ConfigError("max_hka_interval_deg: must be positive")
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class GeometryConfig:
     classification: Classification
     normals: Normals
     landmarks: LandmarkRules
+    review: Review
     planning: Planning
 
 

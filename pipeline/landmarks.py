@@ -46,7 +46,8 @@ class LegLandmarks:
     """The landmarks of one leg on one film.
 
     ``points`` maps landmark name -> (x, y) in pixels; a missing landmark is simply
-    absent.  ``confidence`` (optional) maps name -> [0, 1] network confidence.
+    absent.  ``confidence`` (optional) maps name -> [0, 1] network confidence;
+    ``spread`` (optional) name -> heatmap peak spread in image pixels.
     """
 
     side: Side  # a "right"/"left" string is accepted and made a Side
@@ -55,6 +56,10 @@ class LegLandmarks:
     # True when the film shows this leg mirrored against the standard AP display
     # (patient's right on the viewer's right).  Medial is then -x for a right leg.
     mirrored: bool = False
+    # Optional: name -> spread of the network's heatmap peak (per-axis SD of its mass),
+    # in image pixels.  With the confidence it gives the landmark's expected error
+    # (pipeline/uncertainty.py).  Absent for landmarks not located by a network.
+    spread: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -95,4 +100,5 @@ class LegLandmarks:
             points=pts,
             confidence=dict(self.confidence),
             mirrored=self.mirrored,
+            spread=dict(self.spread),
         )

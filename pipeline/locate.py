@@ -77,6 +77,7 @@ class CoarseLeg:
     femur_px: float  # head-knee distance (the leg's scale), image pixels
     side: Side = Side.RIGHT
     mirrored: bool = False
+    spread: dict[str, float] = field(default_factory=dict)  # heatmap spread, image px
 
 
 @dataclass
@@ -148,8 +149,11 @@ class LocatorGeometry:
         for k, h, a in chosen:
             pts_hm: dict[str, np.ndarray] = {}
             conf: dict[str, float] = {}
+            spread_hm: dict[str, float] = {}
 
-            def refine(name: str, centre, radius: float, pts_hm=pts_hm, conf=conf) -> None:
+            def refine(
+                name: str, centre, radius: float, pts_hm=pts_hm, conf=conf, spread_hm=spread_hm
+            ) -> None:
                 if name not in ci:
                     return
                 mask = hc.disk_mask(
@@ -158,6 +162,7 @@ class LocatorGeometry:
                 xy, c = hc.decode(heatmaps[ci[name]], mask=mask)
                 pts_hm[name] = xy
                 conf[name] = float(c)
+                spread_hm[name] = float(hc.spread(heatmaps[ci[name]], xy))
 
             refine("knee_centre", k[:2], 2.0)
             if h is not None:
@@ -189,6 +194,7 @@ class LocatorGeometry:
                     confidence=conf,
                     medial_sign=0,
                     femur_px=femur * stride * scale,
+                    spread={n: v * stride * scale for n, v in spread_hm.items()},
                 )
             )
         _assign_sides(legs, radiograph)
@@ -221,28 +227,32 @@ class LocatorGeometry:
 
     def _fine_points(
         self, inputs: FineInputs, heatmaps: np.ndarray
-    ) -> dict[int, dict[str, tuple[tuple[float, float], float]]]:
+    ) -> dict[int, dict[str, tuple[tuple[float, float], float, float]]]:
+        """(leg index) -> name -> ((x, y) image px, confidence, spread in image px)."""
 
         stride = self.spec.fine_net.out_stride
-        found: dict[int, dict[str, tuple[tuple[float, float], float]]] = {}
+        found: dict[int, dict[str, tuple[tuple[float, float], float, float]]] = {}
         if len(inputs.items) == 0:
             return found
         xy_all, conf_all = hc.decode(heatmaps)
-        answers: dict[tuple[int, str], list[tuple[np.ndarray, float]]] = {}
+        answers: dict[tuple[int, str], list[tuple[np.ndarray, float, float]]] = {}
         for m, (li, cname) in enumerate(inputs.items):
             inv = invert_affine(inputs.matrices[m])
+            px = stride * math.sqrt(abs(np.linalg.det(inv[:, :2])))  # heatmap px -> image px
             for name in self.crops[cname].landmarks:
                 k = self.fine_index[name]
                 p = apply_affine(inv, hc.from_heatmap(xy_all[m, k], stride))
-                answers.setdefault((li, name), []).append((p, float(conf_all[m, k])))
+                sp = float(hc.spread(heatmaps[m, k], xy_all[m, k])) * px
+                answers.setdefault((li, name), []).append((p, float(conf_all[m, k]), sp))
         for (li, name), got in answers.items():
             # confidence-weighted mean of the crops that saw the landmark well
-            best = max(c for _, c in got)
-            keep = [(p, c) for p, c in got if c >= 0.5 * best]
-            w = np.array([max(c, 1e-6) for _, c in keep])
-            p = np.sum([pp * wi for (pp, _), wi in zip(keep, w, strict=True)], axis=0) / w.sum()
-            conf = float(np.mean([c for _, c in keep]))
-            found.setdefault(li, {})[name] = ((float(p[0]), float(p[1])), conf)
+            best = max(c for _, c, _ in got)
+            keep = [(p, c, s) for p, c, s in got if c >= 0.5 * best]
+            w = np.array([max(c, 1e-6) for _, c, _ in keep])
+            p = np.sum([pp * wi for (pp, _, _), wi in zip(keep, w, strict=True)], axis=0) / w.sum()
+            conf = float(np.mean([c for _, c, _ in keep]))
+            sp = float(np.mean([s for _, _, s in keep]))
+            found.setdefault(li, {})[name] = ((float(p[0]), float(p[1])), conf, sp)
         return found
 
     def decode_fine(
@@ -254,16 +264,19 @@ class LocatorGeometry:
         for li, leg in enumerate(coarse.legs):
             pts = dict(leg.points)
             conf = dict(leg.confidence)
-            for name, (p, c) in found.get(li, {}).items():
+            spread = dict(leg.spread)
+            for name, (p, c, sp) in found.get(li, {}).items():
                 if c >= _FINE_MIN_CONF or name not in pts:
                     pts[name] = p
                     conf[name] = c
+                    spread[name] = sp
             legs.append(
                 LegLandmarks(
                     side=leg.side,
                     points=pts,
                     confidence={n: float(min(1.0, max(0.0, conf.get(n, 0.0)))) for n in pts},
                     mirrored=leg.mirrored,
+                    spread={n: float(spread[n]) for n in pts if n in spread},
                 )
             )
         legs.sort(key=lambda leg: leg.points.get("knee_centre", (0.0, 0.0))[0])
@@ -278,11 +291,17 @@ class LocatorGeometry:
         legs = []
         for li, leg in enumerate(coarse.legs):
             pts = dict(leg.points)
-            for name, (p, c) in found.get(li, {}).items():
+            for name, (p, c, _) in found.get(li, {}).items():
                 if c >= _FINE_MIN_CONF and name in pts:
                     pts[name] = p
             new = CoarseLeg(
-                pts, dict(leg.confidence), leg.medial_sign, leg.femur_px, leg.side, leg.mirrored
+                pts,
+                dict(leg.confidence),
+                leg.medial_sign,
+                leg.femur_px,
+                leg.side,
+                leg.mirrored,
+                dict(leg.spread),
             )
             if "femoral_head" in pts and "knee_centre" in pts:
                 new.femur_px = float(

@@ -21,14 +21,20 @@ RESULT_SCHEMA = "legalign.image/1"
 
 @dataclass(frozen=True)
 class Landmark:
-    """One located landmark.  ``used`` is False when its confidence is below the
-    configured threshold: it is reported (flagged) but not measured from."""
+    """One located landmark.  ``used`` is False when it lies outside the film or is
+    unusable (flag ``outside_film`` / ``unusable``): it is reported but not measured
+    from.  A used landmark below the low-confidence threshold carries the flag
+    ``low_confidence``.  ``error_radius_px`` / ``_mm``: the radius that holds the true
+    position with the configured probability (90 %; pipeline/uncertainty.py)."""
 
     name: str
     x: float
     y: float
     confidence: float | None
     used: bool
+    flag: str | None = None
+    error_radius_px: float | None = None
+    error_radius_mm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,7 +42,9 @@ class Landmark:
             "y": self.y,
             "confidence": self.confidence,
             "used": self.used,
-            "flag": None if self.used else "low_confidence",
+            "flag": self.flag,
+            "error_radius_px": self.error_radius_px,
+            "error_radius_mm": self.error_radius_mm,
         }
 
 
@@ -56,13 +64,20 @@ class LegResult:
     null_reasons: dict[str, str] = field(default_factory=dict)
     mirrored: bool = False
     side_source: str | None = None
+    # measurement -> (lo, hi): the ``interval_level`` interval propagated from the
+    # landmarks' error radii (pipeline/uncertainty.py)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    interval_level: float | None = None
+    review: bool = False  # the leg should be reviewed (it keeps its measurements)
+    review_reasons: list[str] = field(default_factory=list)
 
     @property
     def low_confidence(self) -> dict[str, float]:
+        """Landmarks below the low-confidence threshold (flagged, still measured from)."""
         return {
             n: float(lm.confidence)
             for n, lm in self.landmarks.items()
-            if not lm.used and lm.confidence is not None
+            if lm.flag == "low_confidence" and lm.confidence is not None
         }
 
     def measurements_dict(self) -> dict[str, Any]:
@@ -82,6 +97,10 @@ class LegResult:
             },
             "low_confidence": self.low_confidence,
             "measurements": self.measurements_dict(),
+            "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items()},
+            "interval_level": self.interval_level,
+            "review": self.review,
+            "review_reasons": list(self.review_reasons),
             "plan": self.plan_dict(),
             "null_reasons": dict(self.null_reasons),
         }

@@ -80,13 +80,17 @@ def build_leg(
     return LegLandmarks(side=side, points=pts, mirrored=mirrored)
 
 
-def legs_with_confidence(film, conf: float = 0.9, low=None) -> list[LegLandmarks]:
+def legs_with_confidence(
+    film, conf: float = 0.9, low=None, spread: float | None = None
+) -> list[LegLandmarks]:
     """The legs of an annotated (e.g. synthetic) film as predictions: every landmark at
-    confidence ``conf``, except ``low = (side, landmark, confidence)``."""
+    confidence ``conf``, except ``low = (side, landmark, confidence)``; with ``spread``
+    (image px) every landmark carries that heatmap spread (so it gets an error radius)."""
     out = []
     for leg in film.legs:
         c = {n: conf for n in leg.points}
         if low and leg.side == low[0]:
             c[low[1]] = low[2]
-        out.append(LegLandmarks(leg.side, dict(leg.points), c, leg.mirrored))
+        sp = {} if spread is None else dict.fromkeys(leg.points, float(spread))
+        out.append(LegLandmarks(leg.side, dict(leg.points), c, leg.mirrored, sp))
     return out

@@ -9,6 +9,7 @@ from leg_builder import legs_with_confidence
 from legalign.pipeline.api import FilmInfo, ImageResult, LegResult, analyse, load_config
 from legalign.pipeline.assemble import result_from_legs
 from legalign.pipeline.errors import InputError
+from legalign.pipeline.landmarks import LegLandmarks
 
 
 @pytest.fixture(scope="module")
@@ -53,45 +54,77 @@ def test_complete_legs_are_ok_and_typed(film):
     assert "Planning support only" in d["disclaimer"]
 
 
-def test_low_confidence_landmark_is_dropped_with_reasons(film):
+def test_low_confidence_landmark_is_flagged_but_measured(film):
     r = result_from_legs(
         _info(film),
         legs_with_confidence(film, low=("left", "tibial_plateau_lateral", 0.31)),
         load_config(),
     )
     left = r.leg("left")
-    assert left.status == "partial" and r.status == "partial"
-    assert left.landmarks["tibial_plateau_lateral"].used is False
+    assert left.status == "ok" and r.status == "ok"
+    lm = left.landmarks["tibial_plateau_lateral"]
+    assert lm.used is True and lm.flag == "low_confidence"
     assert left.low_confidence == {"tibial_plateau_lateral": pytest.approx(0.31)}
     for key in ("mpta_deg", "jlca_deg", "wbl_ratio_pct"):
-        assert getattr(left.measurements, key) is None
-        assert left.null_reasons[key] == "tibial_plateau_lateral low confidence (0.31)"
-    # what does not depend on it is still measured
-    assert left.measurements.hka_deg is not None and left.measurements.mldfa_deg is not None
-    # the threshold is the configured one: at 0.3 the same landmark is used
+        assert getattr(left.measurements, key) is not None
+    assert any("low landmark confidence" in w for w in left.plan.warnings)
+    assert left.to_dict()["landmarks"]["tibial_plateau_lateral"]["flag"] == "low_confidence"
+
+
+def test_a_dim_landmark_widens_the_interval_and_flags_the_leg_for_review(film):
     cfg = load_config()
-    import dataclasses
-
-    lower = dataclasses.replace(
-        cfg, landmarks=dataclasses.replace(cfg.landmarks, low_confidence=0.3)
+    sharp = result_from_legs(_info(film), legs_with_confidence(film, spread=2.0), cfg)
+    dim = result_from_legs(
+        _info(film), legs_with_confidence(film, low=("right", "knee_centre", 0.15), spread=2.0), cfg
     )
-    r2 = result_from_legs(
-        _info(film), legs_with_confidence(film, low=("left", "tibial_plateau_lateral", 0.31)), lower
+    a, b = sharp.leg("right"), dim.leg("right")
+    lo, hi = a.intervals["hka_deg"]
+    assert lo < a.measurements.hka_deg < hi and a.interval_level == 0.9
+    assert (b.intervals["hka_deg"][1] - b.intervals["hka_deg"][0]) > 2 * (hi - lo)
+    assert b.measurements.hka_deg == pytest.approx(a.measurements.hka_deg)  # still measured
+    assert a.review is False and b.review is True
+    assert b.review_reasons[0].startswith("HKA interval")
+    assert b.landmarks["knee_centre"].error_radius_px > a.landmarks["knee_centre"].error_radius_px
+    assert a.landmarks["knee_centre"].error_radius_mm == pytest.approx(
+        a.landmarks["knee_centre"].error_radius_px * 1.0
     )
-    assert r2.leg("left").status == "ok"
+    d = b.to_dict()
+    assert d["review"] is True and d["intervals"]["hka_deg"] == list(b.intervals["hka_deg"])
+    # without heatmap spreads (landmarks from a file) there are no intervals and no review
+    plain = result_from_legs(_info(film), legs_with_confidence(film), cfg).leg("right")
+    assert plain.intervals == {} and plain.review is False
 
 
-def test_low_confidence_core_landmark_fails_the_leg(film):
+def test_unusable_core_landmark_fails_the_leg(film):
     r = result_from_legs(
-        _info(film), legs_with_confidence(film, low=("right", "knee_centre", 0.1)), load_config()
+        _info(film), legs_with_confidence(film, low=("right", "knee_centre", 0.05)), load_config()
     )
     right = r.leg("right")
-    assert right.status == "failed"
+    assert right.status == "failed" and right.landmarks["knee_centre"].flag == "unusable"
     assert right.measurements.hka_deg is None
-    assert right.null_reasons["hka_deg"] == "knee_centre low confidence (0.10)"
+    assert (
+        right.null_reasons["hka_deg"] == "knee_centre unusable (no heatmap peak, confidence 0.05)"
+    )
     assert "plan" in right.null_reasons
     assert r.status == "partial"  # the other leg is fine
     assert r.lld_mm is not None  # leg length (head to ankle) does not need the knee
+
+
+def test_landmark_outside_the_film_is_null_with_the_reason(film):
+    legs = legs_with_confidence(film)
+    leg = next(g for g in legs if g.side == "left")
+    pts = dict(leg.points)
+    pts["ankle_centre"] = (pts["ankle_centre"][0], film.image.shape[0] + 3.0)
+    legs = [
+        g if g is not leg else LegLandmarks(g.side, pts, g.confidence, g.mirrored) for g in legs
+    ]
+    r = result_from_legs(_info(film), legs, load_config())
+    left = r.leg("left")
+    assert left.landmarks["ankle_centre"].used is False
+    assert left.landmarks["ankle_centre"].flag == "outside_film"
+    assert left.measurements.hka_deg is None
+    assert left.null_reasons["hka_deg"] == "ankle_centre outside the film"
+    assert left.measurements.mldfa_deg is not None  # the femur is still measured
 
 
 def test_no_spacing_gives_angles_only(film):

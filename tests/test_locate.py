@@ -187,11 +187,14 @@ def test_fine_targets_decode_to_ground_truth(locator, mirrored):
             items.append((li, name))
         inputs = FineInputs(np.zeros((len(mats), 1, 1, 1), np.float32), [A for _, A in mats], items)
         found = locator._fine_points(inputs, np.stack(heat))[li]
-        for name, (p, conf) in found.items():
+        for name, (p, conf, spread) in found.items():
             err = np.hypot(*np.subtract(p, gt.points[name]))
             crop_px = leg.femur_px * 0.32 / spec.fine_size
             assert err < 0.05 * crop_px * spec.fine_net.out_stride, (name, err)
             assert conf > 0.8
+            # the target's own width, in image pixels (crop sides are 0.25-0.32 femur)
+            sigma_img = spec.fine_net.sigma * spec.fine_net.out_stride * crop_px
+            assert 0.4 * sigma_img < spread < 1.1 * sigma_img, (name, spread, sigma_img)
 
 
 def test_locate_batch_with_untrained_nets_is_well_formed(locator):
@@ -329,7 +332,7 @@ def test_multi_scale_crops_average_back_to_the_point(spec):
         np.zeros((len(mats), 1, 1, 1), np.float32), [A for _, A in mats], [(0, n) for n, _ in mats]
     )
     found = loc._fine_points(inputs, np.stack(heat))[0]
-    for name, (p, _) in found.items():
+    for name, (p, _, _) in found.items():
         assert np.hypot(*np.subtract(p, gt[name])) < 0.1, name
 
 

@@ -33,6 +33,19 @@ def test_decode_at_border_and_invalid_channels():
     assert np.abs(xy[0] - pts[0]).max() < 0.5
 
 
+def test_spread_grows_with_the_peak_width():
+    pts = np.array([[20.3, 30.7], [20.3, 30.7], [20.3, 30.7]])
+    hm = np.stack([hc.encode(pts[:1], np.array([True]), (64, 48), s)[0] for s in (1.0, 1.5, 3.0)])
+    xy, _ = hc.decode(hm)
+    sp = hc.spread(hm, xy, radius=6)
+    assert sp[0] == pytest.approx(1.0, abs=0.05) and sp[1] == pytest.approx(1.5, abs=0.08)
+    assert sp[1] < sp[2] < 3.0  # the window cuts the widest peak's tail
+    # two peaks (an undecided network) spread more than one
+    two = hm[1] + np.roll(hm[1], 4, axis=1)
+    assert hc.spread(two[None], hc.decode(two[None])[0], radius=6)[0] > sp[1] + 0.5
+    assert hc.spread(np.zeros((1, 16, 16)), np.array([[8.0, 8.0]]), radius=4)[0] == 4
+
+
 def test_stride_conversion_is_pixel_centred():
     for s in (2, 4, 8):
         x = np.array([[0.0, 10.0], [-0.5, 37.25]])

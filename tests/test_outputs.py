@@ -45,8 +45,8 @@ def synth_dicom(tmp_path_factory):
     return path, film, header, rad
 
 
-def _result(rad, film, low=None, conf=0.9):
-    legs = legs_with_confidence(film, conf, low)
+def _result(rad, film, low=None, conf=0.9, spread=None):
+    legs = legs_with_confidence(film, conf, low, spread)
     info = FilmInfo.from_radiograph(rad)
     return result_from_legs(info, legs, load_config(), model_name="test")
 
@@ -69,7 +69,7 @@ def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
     from legalign.pipeline.outputs.table import COLUMN_NAMES, write_tables
 
     _, film, _, rad = synth_dicom
-    ok = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()
+    ok = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.05), spread=2.0).to_dict()
     failed = {
         "file": "/x/bad.dcm",
         "status": "failed",
@@ -90,12 +90,22 @@ def test_table_one_row_per_leg_with_schema(tmp_path, synth_dicom):
         assert np.isfinite(right[f"{name}_x"]) and right[f"{name}_conf"] == pytest.approx(0.9)
     assert right.hka_deg == pytest.approx(-8.0, abs=0.05)
     assert right.spacing_source == rad.spacing_source
-    assert left.status == "partial" and left.low_confidence == "tibial_plateau_lateral"
+    # unusable (not merely low-confidence): not measured from, null with the reason
+    assert left.status == "partial" and pd.isna(left.low_confidence)
     assert not left.tibial_plateau_lateral_used
-    assert pd.isna(left.mpta_deg)
+    assert pd.isna(left.mpta_deg) and pd.isna(left.mpta_deg_lo)
     assert (
-        "tibial_plateau_lateral low confidence (0.31)" in json.loads(left.null_reasons)["mpta_deg"]
+        "tibial_plateau_lateral unusable (no heatmap peak, confidence 0.05)"
+        in json.loads(left.null_reasons)["mpta_deg"]
     )
+    # the 90 % intervals and error radii are columns
+    assert right.hka_deg_lo < right.hka_deg < right.hka_deg_hi and right.interval_level == 0.9
+    assert right.mad_mm_lo < right.mad_mm < right.mad_mm_hi
+    assert right.femoral_head_radius_px > 0
+    assert right.femoral_head_radius_mm == pytest.approx(
+        right.femoral_head_radius_px * rad.spacing_mm
+    )
+    assert right.review == (right.hka_deg_hi - right.hka_deg_lo > 2.5)
     bad = df[df.file == "/x/bad.dcm"].iloc[0]
     assert bad.status == "failed" and bad.error_reason == "unreadable" and pd.isna(bad.side)
     # the plan of the varus right leg is in the row
@@ -201,7 +211,8 @@ def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
     from legalign.pipeline.outputs.dicom_sr import build_sr
 
     _, film, header, rad = synth_dicom
-    d = _result(rad, film, low=("left", "tibial_plateau_lateral", 0.31)).to_dict()
+    d = _result(rad, film, low=("left", "knee_centre", 0.15), spread=2.0).to_dict()
+    assert next(leg for leg in d["legs"] if leg["side"] == "left")["review"] is True
     sr = build_sr(d, header)
     assert sr.StudyInstanceUID == header.StudyInstanceUID
     assert sr.PatientID == header.PatientID
@@ -209,10 +220,11 @@ def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
     out = tmp_path / "sr.dcm"
     sr.save_as(out, enforce_file_format=True)
 
-    points, units, refs = [], set(), set()
+    points, units, refs, names = [], set(), set(), set()
 
     def walk(items):
         for it in items:
+            names.add(it.ConceptNameCodeSequence[0].CodeValue)
             if it.ValueType == "SCOORD":
                 points.append([float(v) for v in it.GraphicData])
                 for child in it.get("ContentSequence", []):
@@ -230,6 +242,7 @@ def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
     )
     assert refs == {header.SOPInstanceUID}
     assert {"deg", "mm", "%"} <= units
+    assert {"HKA-LO", "HKA-HI", "LMERR", "REVIEW"} <= names
     errors = _dciodvfy_errors(out)
     if errors is not None:
         assert errors == []

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from legalign.pipeline.api import analyse, load_config, load_locator
 from legalign.pipeline.errors import InputError, LegalignError
 from legalign.pipeline.landmarks import SIDES
+from legalign.pipeline.uncertainty import load_uncertainty_config
 from legalign.training.evaluate import bland_altman_plot
 
 ANGLE_COLUMNS: tuple[str, ...] = ("file", "side", "hka_deg")
@@ -152,11 +153,8 @@ def _leg_answer(result: Any, side: str) -> tuple[float | None, str | None, dict]
     leg = legs[0]
     m = leg.measurements
     hka = getattr(m, "hka_deg", None)
-    extras = {
-        "lo": getattr(m, "hka_deg_lo", None),
-        "hi": getattr(m, "hka_deg_hi", None),
-        "review": getattr(leg, "review", None),
-    }
+    lo, hi = (getattr(leg, "intervals", None) or {}).get("hka_deg", (None, None))
+    extras = {"lo": lo, "hi": hi, "review": getattr(leg, "review", None)}
     if hka is None:
         return None, leg.null_reasons.get("hka_deg", "no value"), extras
     return float(hka), None, extras
@@ -390,11 +388,25 @@ def evaluate_angles(
     device: str = "cpu",
     geometry_config: str | Path | None = None,
     limit: int | None = None,
+    part: str | None = None,
 ) -> tuple[dict[str, Any], list[AngleLeg]]:
     """Run the pipeline with ``checkpoint`` over the films of an angle CSV; returns the
-    report (with ``"outputs"`` when ``out_dir`` is given) and the legs."""
+    report (with ``"outputs"`` when ``out_dir`` is given) and the legs.  ``part``:
+    ``calibration`` or ``heldout`` restricts the films to that part of the split in
+    configs/uncertainty.yaml (``readers_split``; the calibration part fitted the
+    interval scale), None takes every film."""
 
     truths = load_angle_truth(csv_path)
+    if part is not None:
+        split = load_uncertainty_config().readers_split
+        films = list(dict.fromkeys(t.path for t in truths))
+        # a function-level import: calibration imports this module (load_angle_truth)
+        from legalign.training.calibration import readers_part  # noqa: PLC0415
+
+        chosen = {
+            films[i] for i in readers_part(len(films), part, split.calibration_fraction, split.seed)
+        }
+        truths = [t for t in truths if t.path in chosen]
     if limit is not None:
         films = list(dict.fromkeys(t.path for t in truths))[: int(limit)]
         truths = [t for t in truths if t.path in set(films)]
@@ -412,6 +424,7 @@ def evaluate_angles(
         checkpoint=str(checkpoint) if checkpoint is not None else "default",
         dataset=str(csv_path),
         ground_truth="angles (file, side, hka_deg)",
+        part=part or "all",
         n_films=n_films,
         assumed_spacing_mm=assumed_spacing_mm,
         device=device,

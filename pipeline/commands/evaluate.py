@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None, metavar="FILE", help="YAML merged over configs/geometry.yaml"
     )
+    parser.add_argument(
+        "--part",
+        choices=("calibration", "heldout"),
+        default=None,
+        help="angle CSV only: the films of that part of configs/uncertainty.yaml's "
+        "readers_split (the calibration part fitted the interval scale)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,11 +93,14 @@ def run(args: argparse.Namespace) -> int:
                 device=args.device,
                 geometry_config=args.config,
                 limit=args.limit,
+                part=args.part,
             )
             print(format_angle_report(report))
             if args.out:
                 print(f"\nwrote {', '.join(report['outputs'].values())}")
             return 0
+    if args.part is not None:
+        raise InputError("--part applies to angle-only CSVs (file, side, hka_deg) only")
     report = evaluate_locator(
         args.checkpoint,
         args.dataset,

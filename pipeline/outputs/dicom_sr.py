@@ -64,6 +64,11 @@ LANDMARK_MEANINGS: dict[str, str] = {
     "tibial_shaft_proximal": "Tibial shaft midpoint proximal",
     "tibial_shaft_distal": "Tibial shaft midpoint distal",
 }
+LANDMARK_FLAGS: dict[str, tuple[str, str]] = {
+    "low_confidence": ("LOWCONF", "Low confidence, measured from with a wider error radius"),
+    "outside_film": ("OUTSIDE", "Outside the film, not used for measurement"),
+    "unusable": ("UNUSABLE", "No heatmap peak, not used for measurement"),
+}
 _LANDMARK_VALUES = {
     "femoral_head": "LM-FH",
     "femoral_condyle_medial": "LM-FCM",
@@ -128,6 +133,7 @@ def build_sr(
     }
     groups: list[Any] = []
     for leg in result.get("legs") or []:
+        level_pct = f"{100 * float(leg.get('interval_level') or 0.9):g}"
         side = leg["side"]
         site = hd.sr.FindingSite(anatomic_location=lower_limb, laterality=laterality[side])
         for name, lm in (leg.get("landmarks") or {}).items():
@@ -145,6 +151,20 @@ def build_sr(
                         unit=_unit("1", "no units"),
                     )
                 )
+            radius_mm = lm.get("error_radius_mm")
+            radius = radius_mm if radius_mm is not None else lm.get("error_radius_px")
+            if radius is not None:
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=_code("LMERR", f"Landmark {level_pct} % error radius"),
+                        value=float(radius),
+                        unit=(
+                            _unit("mm", "millimeter")
+                            if radius_mm is not None
+                            else _unit("{pixel}", "pixel")
+                        ),
+                    )
+                )
             evaluations = []
             if name in ((review or {}).get(side) or {}).get("amended", ()):
                 evaluations.append(
@@ -153,11 +173,11 @@ def build_sr(
                         value=_code("AMENDED", "Placed by a reviewer"),
                     )
                 )
-            elif not lm.get("used", True):
+            elif lm.get("flag") in LANDMARK_FLAGS:
+                code, meaning = LANDMARK_FLAGS[lm["flag"]]
                 evaluations.append(
                     hd.sr.QualitativeEvaluation(
-                        name=_code("LMFLAG", "Landmark flag"),
-                        value=_code("LOWCONF", "Low confidence, not used for measurement"),
+                        name=_code("LMFLAG", "Landmark flag"), value=_code(code, meaning)
                     )
                 )
             groups.append(
@@ -173,6 +193,7 @@ def build_sr(
             )
         measurements = []
         meas = leg.get("measurements") or {}
+        intervals = leg.get("intervals") or {}
         for key, (value, meaning, ucum, umeaning) in MEASUREMENT_CODES.items():
             if meas.get(key) is not None:
                 measurements.append(
@@ -182,6 +203,17 @@ def build_sr(
                         unit=_unit(ucum, umeaning),
                     )
                 )
+                for end, (lim, word) in enumerate((("LO", "lower"), ("HI", "upper"))):
+                    if key in intervals:
+                        measurements.append(
+                            hd.sr.Measurement(
+                                name=_code(
+                                    f"{value}-{lim}", f"{value} {level_pct} % interval {word} limit"
+                                ),
+                                value=float(intervals[key][end]),
+                                unit=_unit(ucum, umeaning),
+                            )
+                        )
         plan = leg.get("plan") or {}
         for key, (value, meaning, ucum, umeaning) in PLAN_CODES.items():
             if plan.get(key) is not None and plan.get("level"):
@@ -193,6 +225,13 @@ def build_sr(
                     )
                 )
         evaluations = []
+        if leg.get("review"):
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(
+                    name=_code("REVIEW", "Leg flagged for review"),
+                    value=_code("REVIEW-WIDE", "Wide HKA interval"),
+                )
+            )
         if meas.get("category"):
             evaluations.append(
                 hd.sr.QualitativeEvaluation(

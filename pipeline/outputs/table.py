@@ -50,11 +50,17 @@ COLUMNS: tuple[tuple[str, str], ...] = (
             (f"{n}_y", "float"),
             (f"{n}_conf", "float"),
             (f"{n}_used", "bool"),
+            (f"{n}_radius_px", "float"),
+            (f"{n}_radius_mm", "float"),
         )
     ],
     ("min_confidence", "float"),
     ("low_confidence", "string"),
     *[(m, "float") for m in MEASUREMENT_COLUMNS],
+    *[col for m in MEASUREMENT_COLUMNS for col in ((f"{m}_lo", "float"), (f"{m}_hi", "float"))],
+    ("interval_level", "float"),
+    ("review", "bool"),
+    ("review_reasons", "string"),
     ("category", "string"),
     ("lld_mm", "float"),
     ("plan_indicated", "bool"),
@@ -130,14 +136,21 @@ def rows_for_image(d: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"{name}_y"] = lm.get("y")
             row[f"{name}_conf"] = lm.get("confidence")
             row[f"{name}_used"] = lm.get("used")
+            row[f"{name}_radius_px"] = lm.get("error_radius_px")
+            row[f"{name}_radius_mm"] = lm.get("error_radius_mm")
             if lm.get("confidence") is not None:
                 confs.append(float(lm["confidence"]))
         row["min_confidence"] = min(confs) if confs else None
         low = leg.get("low_confidence") or {}
         row["low_confidence"] = ";".join(sorted(low)) or None
         meas = leg.get("measurements") or {}
+        intervals = leg.get("intervals") or {}
         for m in MEASUREMENT_COLUMNS:
             row[m] = meas.get(m)
+            row[f"{m}_lo"], row[f"{m}_hi"] = _xy(intervals.get(m))
+        row["interval_level"] = leg.get("interval_level")
+        row["review"] = leg.get("review")
+        row["review_reasons"] = "; ".join(leg.get("review_reasons") or []) or None
         row["category"] = meas.get("category")
         plan = leg.get("plan")
         if plan:

@@ -53,7 +53,8 @@ def _keypoints(leg: dict[str, Any], amended: dict[str, list[float]]) -> list[flo
         if name in amended:
             x, y = amended[name]
             flat += [float(x), float(y), 2]
-        elif lm is not None and lm.get("used", True):
+        elif lm is not None and lm.get("used", True) and lm.get("flag") is None:
+            # flagged points (low confidence, outside the film, unusable) are no labels
             flat += [float(lm["x"]), float(lm["y"]), 2]
         else:
             flat += [0.0, 0.0, 0]

@@ -112,6 +112,9 @@ class ResultsFolder:
         """(hka_deg_lo, hka_deg_hi) when the run wrote HKA intervals, else (None, None)."""
         meas = leg.get("measurements") or {}
         lo, hi = meas.get("hka_deg_lo"), meas.get("hka_deg_hi")
+        iv = (leg.get("intervals") or {}).get("hka_deg")  # legalign.image/1 "intervals"
+        if lo is None and hi is None and iv is not None and len(iv) == 2:
+            lo, hi = iv
         if lo is None and hi is None:
             extra = self.table_extra.get((str(film.result.get("file")), leg.get("side")), {})
             lo, hi = extra.get("hka_deg_lo"), extra.get("hka_deg_hi")
