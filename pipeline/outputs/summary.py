@@ -24,6 +24,11 @@ class RunSummary:
     elapsed_s: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_counts: dict[str, int] = field(default_factory=dict)
+    # this run's films by storage ("jpeg2000", "uncompressed", ...; the ``read`` entry of
+    # each result): count, worker seconds (all stages) and the decoders that read them
+    syntax_films: Counter = field(default_factory=Counter)
+    syntax_seconds: dict[str, float] = field(default_factory=dict)
+    syntax_decoders: dict[str, Counter] = field(default_factory=dict)
     rows: int = 0
 
     def add_result(self, d: dict[str, Any]) -> None:
@@ -43,6 +48,32 @@ class RunSummary:
     def add_timing(self, stage: str, seconds: float, count: int = 1) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + float(seconds)
         self.stage_counts[stage] = self.stage_counts.get(stage, 0) + int(count)
+
+    def add_processed(self, d: dict[str, Any]) -> None:
+        """Count one file processed in this run by its transfer syntax (``d["read"]``)."""
+        read = d.get("read") or {}
+        label = read.get("syntax") or "unknown"
+        self.syntax_films[label] += 1
+        seconds = sum(float(v) for v in (d.get("timings_s") or {}).values())
+        self.syntax_seconds[label] = self.syntax_seconds.get(label, 0.0) + seconds
+        self.syntax_decoders.setdefault(label, Counter())[read.get("decoder") or "none"] += 1
+
+    def by_syntax(self) -> dict[str, dict[str, Any]]:
+        """Per syntax: films, worker seconds per film and films/s.  The run's wall time is
+        shared out by each syntax's share of the worker seconds (for a run of one syntax
+        this is the run's own files/s)."""
+        total = sum(self.syntax_seconds.values())
+        out: dict[str, dict[str, Any]] = {}
+        for label, n in sorted(self.syntax_films.items()):
+            secs = self.syntax_seconds.get(label, 0.0)
+            wall = self.elapsed_s * secs / total if total > 0 else 0.0
+            out[label] = {
+                "films": n,
+                "worker_seconds_per_film": round(secs / n, 4) if n else None,
+                "films_per_s": round(n / wall, 3) if wall > 0 else None,
+                "decoders": dict(sorted(self.syntax_decoders.get(label, {}).items())),
+            }
+        return out
 
     @property
     def files_per_s(self) -> float | None:
@@ -76,6 +107,7 @@ class RunSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "files_per_s": None if fps is None else round(fps, 3),
             "stages": per_stage,
+            "by_syntax": self.by_syntax(),
             "table_rows": self.rows,
         }
 
@@ -93,6 +125,16 @@ class RunSummary:
             f"{d['skipped_duplicate_inputs']} duplicate inputs skipped, {d['elapsed_s']:.1f} s"
             + (f", {d['files_per_s']:.2f} files/s" if d["files_per_s"] is not None else ""),
         ]
+        if d["by_syntax"]:
+            lines.append(
+                "per syntax: "
+                + ", ".join(
+                    f"{k} {v['films']} films"
+                    + (f" {v['films_per_s']:.2f} films/s" if v["films_per_s"] is not None else "")
+                    + f" ({'/'.join(v['decoders'])})"
+                    for k, v in d["by_syntax"].items()
+                )
+            )
         if d["failures_by_reason"]:
             lines.append(
                 "failures by reason: "

@@ -72,14 +72,27 @@ def read_radiograph(
     *,
     spacing_override_mm: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: str = "full",
+    overview_height: int | None = None,
 ) -> Radiograph:
-    """Decode one film; ``InputError`` (one line naming the file) when it cannot be used."""
+    """Decode one film; ``InputError`` (one line naming the file) when it cannot be used.
+
+    ``decoder``: "full" (default) decodes every pixel; "auto", "cpu" or "gpu" read JPEG
+    2000, HTJ2K and baseline-JPEG DICOM resolution-progressively: the Radiograph then
+    holds an overview of at least ``overview_height`` rows and a ``source`` that decodes
+    what the locator asks for (see ``pipeline.read.progressive``)."""
     p = _path(path)
     kind = detect_kind(p)
     if kind == "dicom":
         from legalign.pipeline.read.dicom import read_dicom
 
-        return read_dicom(p, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
+        return read_dicom(
+            p,
+            spacing_override_mm=spacing_override_mm,
+            max_pixels=max_pixels,
+            decoder=decoder,
+            overview_height=overview_height,
+        )
     from legalign.pipeline.read.raster import read_raster
 
     return read_raster(p, kind, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)

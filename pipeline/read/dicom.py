@@ -460,19 +460,43 @@ def _str_or_none(ds: Any, keyword: str) -> str | None:
 
 
 def read_dicom(
-    path: str, *, spacing_override_mm: float | None = None, max_pixels: int = 80_000_000
+    path: str,
+    *,
+    spacing_override_mm: float | None = None,
+    max_pixels: int = 80_000_000,
+    decoder: str = "full",
+    overview_height: int | None = None,
 ) -> Radiograph:
+    """``decoder`` "full" decodes the whole film (today's path, every syntax); "auto",
+    "cpu" or "gpu" read JPEG 2000 / HTJ2K / baseline JPEG resolution-progressively
+    (``pipeline.read.progressive``; other syntaxes keep the full decode)."""
     header = read_header(path)
     check_header(header, path, max_pixels)
     ds = header.ds
     spacing, source = resolve_spacing(ds, path, spacing_override_mm)
-    arr = decode(path, header)
-    pixels = to_unit_grey(arr, ds, path)
-    del arr
+    film = None
+    if decoder != "full":
+        from legalign.pipeline.read.progressive import DEFAULT_OVERVIEW_HEIGHT, open_progressive
+
+        film = open_progressive(
+            path,
+            header,
+            decoder=decoder,
+            overview_height=overview_height or DEFAULT_OVERVIEW_HEIGHT,
+        )
+    if film is not None:
+        pixels = film.overview.pixels
+    else:
+        arr = decode(path, header)
+        pixels = to_unit_grey(arr, ds, path)
+        del arr
     modality = str(ds.get("Modality", "") or "").strip().upper() or None
     return Radiograph(
         path=path,
         pixels=pixels,
+        source=film,
+        full_size=(film.height, film.width) if film is not None else None,
+        pixels_matrix=film.overview.matrix if film is not None else None,
         spacing_mm=spacing,
         spacing_source=source,
         mirrored=_mirrored(ds),

@@ -313,30 +313,35 @@ class ProgressiveFilm:
 
     def warp(self, A: np.ndarray, out_shape: tuple[int, int], border: float = 0.0) -> np.ndarray:
         """What ``models.crops.warp(full_film, A, out_shape, border)`` gives, from the
-        region the output needs at the level its scale allows."""
-        from legalign.models.crops import apply_affine, compose, invert_affine, warp
+        region the output needs at the level its scale allows.
+
+        The full path averages the film over ``f`` x ``f`` blocks, then resamples
+        bilinearly (``crops.warp_plan``).  Here the same blocks are averaged over the level
+        image's bilinear interpolant sampled at every full-resolution pixel (two small
+        matrix products), and the same bilinear step follows: at level 0 this is the full
+        path's result; at a reduced level it differs only where the level's low-pass
+        differs from the film within a block."""
+        from legalign.models.crops import warp_blocks, warp_plan
 
         A = np.asarray(A, dtype=np.float64)
-        out_h, out_w = out_shape
+        plan = warp_plan((self.height, self.width), A, out_shape)
+        if plan is None:
+            return np.full(out_shape, border, dtype=np.float32)
         scale = math.sqrt(abs(float(np.linalg.det(A[:, :2]))))
         level = self.level_for_scale(scale)
-        inv = invert_affine(A)
-        corners = apply_affine(
-            inv,
-            np.array(
-                [[-0.5, -0.5], [out_w - 0.5, -0.5], [-0.5, out_h - 0.5], [out_w - 0.5, out_h - 0.5]]
-            ),
-        )
-        pad = 4 << level  # the resampling and the level's filter support
-        x0 = int(math.floor(corners[:, 0].min())) - pad
-        y0 = int(math.floor(corners[:, 1].min())) - pad
-        x1 = int(math.ceil(corners[:, 0].max())) + pad + 1
-        y1 = int(math.ceil(corners[:, 1].max())) + pad + 1
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self.width, x1), min(self.height, y1)
-        if x1 <= x0 or y1 <= y0:
-            return np.full((out_h, out_w), border, dtype=np.float32)
-        part = self.region(level, (x0, y0, x1, y1))
-        return warp(part.pixels, compose(A, invert_affine(part.matrix)), out_shape, border)
+        pad = 2 << level  # the interpolation's neighbours at that level
+        part = self.region(level, (plan.x0 - pad, plan.y0 - pad, plan.x1 + pad, plan.y1 + pad))
+        blocks = block_means(part.pixels, part.matrix, plan)
+        return warp_blocks(blocks, plan, A, out_shape, border)
+
+    # ------------------------------------------- the coarse-to-fine stage's FilmPixels
+    def whole(self, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The whole film through a letterbox ``matrix`` (served by the overview)."""
+        return self.warp(matrix, size)
+
+    def crop(self, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A crop through ``matrix`` (served by a region decode)."""
+        return self.warp(matrix, size)
 
     # ------------------------------------------------------------------ checks
     def _check_shape(self, raw: np.ndarray, expect: tuple[int, int], level: int) -> None:
@@ -345,6 +350,30 @@ class ProgressiveFilm:
                 f"{self.path}: decoded shape {raw.shape} at level {level} differs from the "
                 f"header's {expect} ({_syntax_name(self.ds)})"
             )
+
+
+def _axis_weights(p0: int, p1: int, f: int, a: float, b: float, n: int) -> np.ndarray:
+    """(blocks, n) weights: the mean over each ``f`` run of full-resolution positions
+    ``p0..p1-1`` of the linear interpolant of ``n`` level samples at ``u = a p + b``."""
+    pos = np.arange(p0, p1, dtype=np.float64)
+    u = np.clip(a * pos + b, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(u).astype(np.int64), max(n - 2, 0))
+    t = u - i0
+    rows = (np.arange(p1 - p0) // f).astype(np.int64)
+    W = np.zeros(((p1 - p0) // f, n), dtype=np.float64)
+    np.add.at(W, (rows, i0), (1.0 - t) / f)
+    if n > 1:
+        np.add.at(W, (rows, i0 + 1), t / f)
+    return W
+
+
+def block_means(level_pixels: np.ndarray, matrix: np.ndarray, plan: Any) -> np.ndarray:
+    """The ``crops.WarpPlan`` region's ``f`` x ``f`` block means, from a level image whose
+    ``matrix`` maps full-resolution pixels to its pixels (float32)."""
+    h, w = level_pixels.shape
+    Wy = _axis_weights(plan.y0, plan.y1, plan.f, matrix[1, 1], matrix[1, 2], h)
+    Wx = _axis_weights(plan.x0, plan.x1, plan.f, matrix[0, 0], matrix[0, 2], w)
+    return (Wy @ level_pixels.astype(np.float64) @ Wx.T).astype(np.float32)
 
 
 def _apply(M: np.ndarray, xy: np.ndarray) -> np.ndarray:
