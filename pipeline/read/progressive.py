@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from legalign.pipeline.errors import InputError
-from legalign.pipeline.read.codecs.base import CodecError
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def plugin_available(name: str) -> bool:
     return bool(mod.is_available())
 
 
-def _codec_for(name: str, frame: bytes, rows: int, cols: int) -> _Codec | None:
+def _codec_for(name: str, frame: FileFrame, rows: int, cols: int) -> _Codec | None:
     """The codec for this frame, or None when the frame is not one it should decode
     progressively (then the full path decodes it, with its own checks)."""
     from legalign.pipeline.read.codecs.base import j2k_codestream, parse_j2k_header
@@ -169,7 +169,7 @@ def _codec_for(name: str, frame: bytes, rows: int, cols: int) -> _Codec | None:
     return None
 
 
-def _frame_precision_ok(codec: _Codec, frame: bytes, ds: Any) -> bool:
+def _frame_precision_ok(codec: _Codec, frame: FileFrame, ds: Any) -> bool:
     """The codestream's precision and sign agree with Bits Stored / Pixel Representation
     (otherwise the full path, which checks values beyond Bits Stored, decodes it)."""
     from legalign.pipeline.read.codecs.base import j2k_codestream, parse_j2k_header
@@ -194,7 +194,7 @@ class ProgressiveFilm:
     codec_name: str
     overview: LevelImage
     level_margin: int = 1
-    _frame: bytes = field(default=b"", repr=False)
+    _frame: Any = field(default=None, repr=False)  # FileFrame: read from the file on demand
     _codec: Any = field(default=None, repr=False)
     _table: np.ndarray | None = field(default=None, repr=False)
     _table_lo: int = 0
@@ -386,31 +386,45 @@ def _syntax_name(ds: Any) -> str:
     return uid.name if uid is not None else "implicit VR little endian"
 
 
-def _read_frame(path: str, header: Any) -> bytes:
-    """The single frame's encoded bytes (fragments joined); ``DecodeError`` when the
-    encapsulated pixel data is damaged or truncated."""
-    import pydicom
-    from pydicom.encaps import generate_frames
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQ_END = b"\xfe\xff\xdd\xe0"
 
-    from legalign.pipeline.read.dicom import _ends_with_delimiter, one_line
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        data = ds.PixelData
-        frame = next(generate_frames(data, number_of_frames=1))
-    except Exception as exc:  # noqa: BLE001 - truncated / malformed encapsulation
-        syntax = _syntax_name(header.ds)
-        if header.pixel_length is None and not _ends_with_delimiter(path):
-            raise DecodeError(
-                f"{path}: truncated file (compressed pixel data, {syntax}, has no end delimiter)"
-            ) from None
-        raise DecodeError(f"{path}: cannot read pixel data ({syntax}; {one_line(exc)})") from None
-    if header.pixel_length is None and not _ends_with_delimiter(path):
-        raise DecodeError(
-            f"{path}: truncated file (compressed pixel data, {_syntax_name(header.ds)}, "
-            "has no end delimiter)"
-        )
-    return bytes(frame)
+def _read_frame(path: str, header: Any) -> FileFrame:
+    """The single frame's fragments, located in the file (nothing is loaded); a
+    ``DecodeError`` when the encapsulated pixel data is damaged or truncated."""
+    syntax = _syntax_name(header.ds)
+    truncated = DecodeError(
+        f"{path}: truncated file (compressed pixel data, {syntax}, has no end delimiter)"
+    )
+    if header.pixel_length is not None:
+        raise DecodeError(f"{path}: {syntax} pixel data is not encapsulated")
+    pos = header.file_size - header.pixel_available
+    spans: list[tuple[int, int]] = []
+    first = True
+    with open(path, "rb") as fh:
+        while True:
+            fh.seek(pos)
+            tag = fh.read(8)
+            if len(tag) < 8:
+                raise truncated
+            length = int.from_bytes(tag[4:], "little")
+            if tag[:4] == _SEQ_END:
+                break
+            if tag[:4] != _ITEM or length == 0xFFFFFFFF:
+                raise DecodeError(
+                    f"{path}: cannot read pixel data ({syntax}; malformed fragment item at "
+                    f"byte {pos})"
+                )
+            if pos + 8 + length > header.file_size:
+                raise truncated
+            if not first and length:
+                spans.append((pos + 8, length))
+            first = False  # the first item is the Basic Offset Table
+            pos += 8 + length
+    if not spans:
+        raise DecodeError(f"{path}: cannot read pixel data ({syntax}; no fragments)")
+    return FileFrame(path, tuple(spans))
 
 
 def grey_table(ds: Any, path: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
