@@ -107,6 +107,15 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="a file still processing after S seconds is killed and recorded (reason timeout; default 900)",
     )
+    p.add_argument(
+        "--decoder",
+        choices=("auto", "cpu", "gpu", "full"),
+        default="auto",
+        help="how compressed DICOM is read (docs/progressive.md): JPEG 2000, HTJ2K and "
+        "baseline JPEG at the resolution the networks need and crops as regions, with "
+        "nvImageCodec on a CUDA GPU when installed (auto, the default), on the CPU only "
+        "(cpu), on the GPU only (gpu); full: decode every film whole (the old path)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--limit",
@@ -181,6 +190,7 @@ def engine_options(args: argparse.Namespace, engine: str = "local") -> Any:
         progress=not args.no_progress,
         limit=args.limit,
         file_timeout_s=args.file_timeout,
+        decoder=args.decoder,
     )
 
 
