@@ -134,7 +134,6 @@ import json, resource, sys, tracemalloc
 import torch
 torch.set_num_threads(1)
 from legalign.pipeline.api import load_locator
-from legalign.pipeline.coarse_to_fine import locate_films, film_of
 from legalign.pipeline.outputs.overlay import thumbnail
 from legalign.pipeline.read import read_radiograph
 path, warm, decoder = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -142,7 +141,7 @@ loc = load_locator(None)
 def one(p):
     rad = read_radiograph(p, decoder=decoder)
     thumb = thumbnail(rad.pixels, 2048)
-    legs = locate_films(loc, [film_of(rad)])[0]
+    legs = loc.locate(rad)
     return len(legs), thumb.shape
 one(warm)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -100,7 +100,9 @@ class Locator:
         from legalign.models.crops import warp
 
         A = self.coarse_matrix(radiograph.height, radiograph.width)
-        img = warp(radiograph.pixels, A, (self.spec.coarse_height, self.spec.coarse_width))
+        size = (self.spec.coarse_height, self.spec.coarse_width)
+        source = getattr(radiograph, "source", None)  # a progressive read decodes on demand
+        img = source.whole(A, size) if source is not None else warp(radiograph.pixels, A, size)
         return img[None].astype(np.float32, copy=False)
 
     def _run(self, net, batch: np.ndarray) -> np.ndarray:
@@ -245,10 +247,15 @@ class Locator:
         from legalign.models.crops import warp
 
         s = self.spec.fine_size
+        source = getattr(radiograph, "source", None)  # a progressive read: regions decoded
         crops, mats, items = [], [], []
         for li, leg in enumerate(coarse.legs):
             for name, A in self.crop_matrices(leg):
-                crops.append(warp(radiograph.pixels, A, (s, s)))
+                crops.append(
+                    source.crop(A, (s, s))
+                    if source is not None
+                    else warp(radiograph.pixels, A, (s, s))
+                )
                 mats.append(A)
                 items.append((li, name))
         arr = np.stack(crops)[:, None] if crops else np.zeros((0, 1, s, s), np.float32)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from legalign.pipeline.api import load_config, load_locator
-from legalign.pipeline.coarse_to_fine import film_of, locate_films
 from legalign.pipeline.measure import measure_leg
 from legalign.pipeline.read import read_radiograph
 from legalign.pipeline.read.codecs import openjpeg
@@ -34,8 +33,8 @@ def _agree(locator, path: str, spacing: float) -> dict[str, float]:
     prog = read_radiograph(path, decoder="cpu")
     assert prog.progressive and not full.progressive
     assert (prog.height, prog.width) == (full.height, full.width)
-    a = locate_films(locator, [film_of(full)])[0]
-    b = locate_films(locator, [film_of(prog)])[0]
+    a = locator.locate(full)
+    b = locator.locate(prog)
     assert len(a) == len(b) >= 1
     fine = set(locator.spec.fine_landmarks)
     cfg = load_config()
@@ -96,7 +95,9 @@ def test_real_films_same_landmarks(tmp_path, locator, syntax):
     val = json.loads((OAI / "annotations" / "val.json").read_text())
     for i, img in enumerate(val["images"][:4]):
         grey = cv2.imread(str(OAI / "images" / img["file_name"]), cv2.IMREAD_GRAYSCALE)
-        big = cv2.resize(grey, (grey.shape[1] * 6, grey.shape[0] * 6), interpolation=cv2.INTER_CUBIC)
+        big = cv2.resize(
+            grey, (grey.shape[1] * 6, grey.shape[0] * 6), interpolation=cv2.INTER_CUBIC
+        )
         bits = 8 if syntax == "jpeg" else 12
 
         class Film:

@@ -76,6 +76,11 @@ class EngineOptions:
     max_in_flight: int | None = None
     file_timeout_s: float | None = 900.0  # a file still running after this is killed
     limit: int | None = None  # stop after this many newly processed files (benchmarks)
+    # how compressed DICOM is read: "auto"/"cpu"/"gpu" progressive (docs/progressive.md),
+    # "full" every film decoded whole; the overview (coarse canvas, overlay) has at
+    # least overview_height rows
+    decoder: str = "auto"
+    overview_height: int = 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_mode(self) -> str:
@@ -152,12 +157,32 @@ def read_input(path: str) -> Any:
     from legalign.pipeline.read import read_radiograph
 
     opts: EngineOptions = WORKER["opts"]
-    rad = read_radiograph(path, spacing_override_mm=opts.spacing_mm, max_pixels=opts.max_pixels)
+    rad = read_radiograph(
+        path,
+        spacing_override_mm=opts.spacing_mm,
+        max_pixels=opts.max_pixels,
+        decoder=opts.decoder,
+        overview_height=opts.overview_height,
+    )
     if opts.require_spacing and rad.spacing_mm is None:
         err = InputError(f"{path}: no pixel spacing (mm outputs were asked: --require-spacing)")
         err.reason = "no_spacing"  # type: ignore[attr-defined]
         raise err
     return rad
+
+
+def read_info(rad: Any) -> dict[str, str]:
+    """The ``read`` entry of a result: how the file was stored and which decoder read it."""
+    from legalign.pipeline.read.syntax import syntax_label
+
+    header = getattr(rad, "header", None)
+    source = getattr(rad, "source", None)
+    kind = "dicom" if header is not None else os.path.splitext(rad.path)[1].lower().lstrip(".")
+    kind = {"jpg": "jpeg", "tif": "tiff"}.get(kind, kind)
+    return {
+        "syntax": syntax_label(header, kind),
+        "decoder": source.codec_name if source is not None else "full",
+    }
 
 
 def header_only(rad: Any) -> Any:
@@ -202,12 +227,14 @@ def task_full(path: str) -> dict[str, Any]:
         timings["locate"] = t2 - t1
         info = FilmInfo.from_radiograph(rad)
         header = header_only(rad)
+        how = read_info(rad)
         del rad
         result = result_from_legs(
             info, legs, WORKER["cfg"], model_name=_model_name(opts), timings_s=timings
         )
         result.timings_s["measure"] = time.perf_counter() - t2
         d = result.to_dict()
+        d["read"] = how
     except Exception as exc:  # noqa: BLE001
         d = failure_dict(path, exc, "internal_error")
         d["traceback_tail"] = traceback.format_exc(limit=-3)[-2000:]
@@ -231,6 +258,8 @@ class Prepared:
     shm_name: str
     shape: tuple[int, int]
     timings: dict[str, float]
+    source: Any = None  # a progressive read's pixel source (no shared memory then)
+    how: Any = None  # read_info
 
 
 def task_prepare(path: str) -> Prepared | dict[str, Any]:
@@ -255,7 +284,12 @@ def task_prepare(path: str) -> Prepared | dict[str, Any]:
         helper = SpecOnly(WORKER["spec"])
         coarse = helper.coarse_input(rad)
         thumb = thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None
-        name = _to_shared(np.ascontiguousarray(rad.pixels, dtype=np.float32))
+        source = getattr(rad, "source", None)
+        name = (
+            ""
+            if source is not None
+            else _to_shared(np.ascontiguousarray(rad.pixels, dtype=np.float32))
+        )
         prepared = Prepared(
             path=path,
             info=FilmInfo.from_radiograph(rad),
@@ -265,6 +299,8 @@ def task_prepare(path: str) -> Prepared | dict[str, Any]:
             shm_name=name,
             shape=(rad.height, rad.width),
             timings={"read": t1 - t0, "prepare": time.perf_counter() - t1},
+            source=source,
+            how=read_info(rad),
         )
         return prepared
     except Exception as exc:  # noqa: BLE001
@@ -286,6 +322,8 @@ def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict
         )
         result.timings_s["measure"] = time.perf_counter() - t0
         d = result.to_dict()
+        if p.how:
+            d["read"] = p.how
     except Exception as exc:  # noqa: BLE001
         d = failure_dict(p.path, exc, "internal_error")
         return finish_outputs(d, None, None, opts)
@@ -608,7 +646,8 @@ class LocalEngine:
         finally:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
             for _, p in self.ready:
-                _release_shared(p.shm_name)
+                if p.shm_name:
+                    _release_shared(p.shm_name)
             self.journal.close()
             if self.bar is not None:
                 self.bar.close()
@@ -699,9 +738,12 @@ class LocalEngine:
         batch, self.ready = self.ready[: self.opts.batch_size], self.ready[self.opts.batch_size :]
         loc = self.locator
         t0 = time.perf_counter()
-        shared = [_Shared(p.shm_name, p.shape) for _, p in batch]
+        shared = [_Shared(p.shm_name, p.shape) if p.shm_name else None for _, p in batch]
         try:
-            rads = [_radiograph_view(p, s.array) for (_, p), s in zip(batch, shared, strict=True)]
+            rads = [
+                _radiograph_view(p, s.array if s is not None else None)
+                for (_, p), s in zip(batch, shared, strict=True)
+            ]
             heat = loc.predict_coarse(np.stack([p.coarse for _, p in batch]))
             coarse = [loc.decode_coarse(heat[i], rg) for i, rg in enumerate(rads)]
             legs_all = None
@@ -724,13 +766,15 @@ class LocalEngine:
                     ]
         except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
             for s in shared:
-                s.release()
+                if s is not None:
+                    s.release()
             for item, p in batch:
                 p.header = p.thumb = None
                 self._record(failure_dict(item.path, exc, "internal_error"))
             return
         for s in shared:
-            s.release()
+            if s is not None:
+                s.release()
         dt = (time.perf_counter() - t0) / max(1, len(batch))
         for (item, p), legs in zip(batch, legs_all or [], strict=True):
             timings = dict(p.timings)
@@ -745,6 +789,7 @@ class LocalEngine:
 
         self.journal.append(d, dumps(d, indent=None))
         self.processed += 1
+        self.summary.add_processed(d)
         for stage, secs in (d.get("timings_s") or {}).items():
             self.summary.add_timing(stage, secs)
         if d.get("status") == "failed":
@@ -832,16 +877,19 @@ def _item_path(payload: Any) -> str:
 
 def _strip(p: Prepared) -> Prepared:
     """What task_finish needs (no coarse array, no shared memory)."""
-    return Prepared(p.path, p.info, p.header, p.thumb, None, "", p.shape, p.timings)
+    return Prepared(p.path, p.info, p.header, p.thumb, None, "", p.shape, p.timings, None, p.how)
 
 
 def _radiograph_view(p: Prepared, pixels: Any) -> Any:
     from legalign.pipeline.radiograph import Radiograph
 
     i = p.info
+    source = p.source
     return Radiograph(
         path=i.path,
-        pixels=pixels,
+        pixels=pixels if source is None else source.overview.pixels,
+        source=source,
+        full_size=None if source is None else (source.height, source.width),
         spacing_mm=i.spacing_mm,
         spacing_source=i.spacing_source,
         mirrored=i.mirrored,

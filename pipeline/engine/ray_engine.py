@@ -157,6 +157,7 @@ def _stage_prepare(
             "coarse_input": local.SpecOnly(local.WORKER["spec"]).coarse_input(rad),
             "thumb": thumbnail(rad.pixels, opts.overlay_height) if opts.overlay else None,
             "shape": (rad.height, rad.width),
+            "how": local.read_info(rad),
         }
         state["timings"] = {"read": t1 - t0, "prepare": time.perf_counter() - t1}
         return _pending(path, state)
@@ -203,7 +204,15 @@ def _stage_finish(
     try:
         s = pickle.loads(row["state"])
         p = local.Prepared(
-            path, s["info"], s["header"], s.get("thumb"), None, "", s["shape"], s["timings"]
+            path,
+            s["info"],
+            s["header"],
+            s.get("thumb"),
+            None,
+            "",
+            s["shape"],
+            s["timings"],
+            how=s.get("how"),
         )
         return _done(path, local.task_finish(p, s["legs"], s["timings"]))
     except Exception as exc:  # noqa: BLE001
