@@ -292,13 +292,17 @@ def classify_error(exc: BaseException, path: str | None = None) -> str:
 
 def failed_result(path: str, exc: BaseException | str, reason: str | None = None) -> ImageResult:
     """An ImageResult recording one failure (reason code + one-line message, no traceback)."""
+    from legalign.pipeline.outputs.safe_text import printable
+
     if isinstance(exc, BaseException):
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # one line whatever the file name holds: newlines and other control characters
+        # (and undecodable bytes) escaped, not cut
+        msg = printable(str(exc).strip()) if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, LegalignError):
             msg = f"{type(exc).__name__}: {msg}"
         reason = reason or classify_error(exc, str(path))
     else:
-        msg = exc
+        msg = printable(exc)
         reason = reason or "internal_error"
     return ImageResult(file=str(path), status="failed", error_reason=reason, error=msg)
 

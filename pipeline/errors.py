@@ -14,3 +14,11 @@ class InputError(LegalignError):
 
 class PlanningError(LegalignError):
     """An osteotomy plan cannot be made (e.g. the target cannot be reached)."""
+
+
+def input_error(message: str, reason: str) -> InputError:
+    """An ``InputError`` that carries its failure reason (docs/results-schema.md) instead of
+    leaving it to be guessed from the message."""
+    err = InputError(message)
+    err.reason = reason  # type: ignore[attr-defined]
+    return err

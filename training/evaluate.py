@@ -575,7 +575,7 @@ def evaluate_locator(
         legs,
         failures,
         extra={
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(checkpoint) if checkpoint is not None else "default",
             "dataset": str(dataset),
             "dataset_options": dict(dataset_options or {}),
             "assumed_spacing_mm": assumed_spacing_mm,

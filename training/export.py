@@ -164,6 +164,8 @@ def export_onnx(
             raise
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all
             errors.append(f"{kind}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+    for partial in (path, path.with_name(path.name + ".data")):  # leave no half-written file
+        partial.unlink(missing_ok=True)
     raise ExportError(f"{path}: ONNX export failed ({'; '.join(errors)})")
 
 

@@ -65,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.tolerance_px > 0:
         raise InputError(f"--tolerance-px must be positive, got {args.tolerance_px}")
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    if "onnx" in formats:
+        missing = missing_onnx_packages()
+        if missing:
+            raise InputError(
+                f"ONNX export needs {', '.join(missing)} (not installed): "
+                "pip install 'legalign[export]' (or --format torchscript)"
+            )
     films = []
     if args.check_dataset is not None:
         from legalign.training.datasets import load_dataset
@@ -97,3 +104,19 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{args.out}/locator_spec.json, {args.out}/export_report.json")
     return 0
+
+
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def missing_onnx_packages() -> list[str]:
+    """The packages of the ``export`` extra that cannot be imported here."""
+    import importlib
+
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing

@@ -116,6 +116,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "nvImageCodec on a CUDA GPU when installed (auto, the default), on the CPU only "
         "(cpu), on the GPU only (gpu); full: decode every film whole (the old path)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow an --out that already holds files legalign did not write (its "
+        "results.csv, summary.json, ... are replaced)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--limit",
@@ -172,6 +178,7 @@ def engine_options(args: argparse.Namespace, engine: str = "local") -> Any:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LegalignError(f"{out}: --out exists and is not a folder")
+    _check_before_output(args)
     workers = args.workers or max(1, os.cpu_count() or 1)
     return EngineOptions(
         out_dir=out,
@@ -195,17 +202,31 @@ def engine_options(args: argparse.Namespace, engine: str = "local") -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
-    from legalign.pipeline.engine.inputs import check_inputs
+    from legalign.pipeline.engine.inputs import OUTPUT_MARKER, check_inputs, expand_inputs
+    from legalign.pipeline.engine.lifecycle import check_out_folder
     from legalign.pipeline.engine.local import run_local
     from legalign.pipeline.errors import LegalignError
 
+    if args.engine == "ray":
+        from legalign.pipeline.engine.ray_engine import require_ray
+
+        require_ray()  # the install hint comes before anything else
     problems = check_inputs(args.inputs)
     if problems:
         raise LegalignError("; ".join(problems))
     opts = engine_options(args, args.engine)
     out = Path(args.out)
+    check_out_folder(out, OUTPUT_MARKER, args.overwrite)
+    if next(iter(expand_inputs(args.inputs, exclude=[out])), None) is None:
+        print(
+            f"legalign run: warning: no input files found in {' '.join(args.inputs)} "
+            "(hidden files, DICOMDIR and sidecars such as .json/.csv are skipped)",
+            file=sys.stderr,
+        )
+        return 2
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
         raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")
     if args.engine == "ray":
@@ -220,3 +241,26 @@ def run(args: argparse.Namespace) -> int:
     print(summary.format_text())
     print(f"results: {out / 'results.parquet'}, {out / 'results.csv'}, {out / 'summary.json'}")
     return code
+
+
+def _check_before_output(args: argparse.Namespace) -> None:
+    """Usage errors that must stop the run before anything is created under --out: an
+    unusable --config, --model or --spacing (exit 2, one line)."""
+    from legalign.pipeline.api import load_config
+    from legalign.pipeline.errors import LegalignError
+    from legalign.pipeline.read.limits import default_input_limits
+
+    load_config(getattr(args, "config", None))
+    model = getattr(args, "model", None)
+    if model is not None:
+        from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
+
+        nets_from_checkpoint(load_checkpoint(model))
+    spacing = getattr(args, "spacing", None)
+    if spacing is not None:
+        bounds = default_input_limits().spacing_mm
+        if spacing not in bounds:
+            raise LegalignError(
+                f"--spacing {spacing:g} mm is implausible (outside {bounds.min:g}-"
+                f"{bounds.max:g} mm, configs/input_limits.yaml)"
+            )

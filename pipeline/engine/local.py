@@ -333,7 +333,12 @@ def task_finish(p: Prepared, legs: list[Any], timings: dict[str, float]) -> dict
 def finish_outputs(
     d: dict[str, Any], header: Any, thumb: Any, opts: EngineOptions
 ) -> dict[str, Any]:
-    """Write overlay, SR, SC (each failure recorded, not fatal), then the JSON last."""
+    """Write overlay, SR, SC (each failure recorded, not fatal), then the JSON last.
+
+    An output that was asked for and could not be written makes an ``ok`` film
+    ``partial``, with the reason in ``output_errors`` (JSON, table, summary, terminal).
+    Header values the SR / SC may not copy are dropped with a warning in ``warnings``
+    (pipeline/outputs/dicom_header.py)."""
     from legalign.pipeline.outputs.image_json import (
         atomic_write_bytes,
         output_stem,
@@ -345,6 +350,11 @@ def finish_outputs(
     stem = output_stem(d["file"])
     outputs: dict[str, str] = {}
     errors: dict[str, str] = {}
+    warnings: list[str] = list(d.get("warnings") or [])
+    if d.get("status") != "failed" and d.get("spacing_mm") is None:
+        warnings.append(ANGLES_ONLY_WARNING)
+    if warnings:
+        d["warnings"] = warnings
     t0 = time.perf_counter()
     rgb = None
     if opts.overlay and thumb is not None:
@@ -358,17 +368,30 @@ def finish_outputs(
         except Exception as exc:  # noqa: BLE001
             errors["overlay"] = one_line(exc)
     if opts.dicom_outputs and header is not None and d.get("status") != "failed":
+        from legalign.pipeline.outputs.dicom_header import derivable_header
         from legalign.pipeline.outputs.dicom_sc import build_sc
         from legalign.pipeline.outputs.dicom_sr import build_sr
 
+        kinds = ["sr"] + (["sc"] if rgb is not None else [])
+        try:
+            source, dropped = derivable_header(header)
+        except Exception as exc:  # noqa: BLE001 - InvalidSourceIdentity, or a broken header
+            for kind in kinds:
+                errors[kind] = one_line(exc)
+            kinds = []
+        else:
+            warnings.extend(dropped)
+            if warnings:
+                d["warnings"] = warnings
         # deterministic UIDs per (source SOP instance, kind): a re-run replaces, not adds
         src_uid = str(getattr(header, "SOPInstanceUID", d["file"]))
-        derived = [("sr", lambda **uids: build_sr(d, header, **uids))]
-        if rgb is not None:
-            derived.append(("sc", lambda **uids: build_sc(rgb, header, **uids)))
-        for kind, build in derived:
+        builders = {
+            "sr": lambda **uids: build_sr(d, source, **uids),
+            "sc": lambda **uids: build_sc(rgb, source, **uids),
+        }
+        for kind in kinds:
             try:
-                ds = build(
+                ds = builders[kind](
                     series_instance_uid=_uid(src_uid, f"{kind}-series"),
                     sop_instance_uid=_uid(src_uid, kind),
                 )
@@ -380,9 +403,14 @@ def finish_outputs(
     d["outputs"] = outputs
     if errors:
         d["output_errors"] = errors
+        if d.get("status") == "ok":
+            d["status"] = "partial"
     d.setdefault("timings_s", {})["write"] = round(time.perf_counter() - t0, 4)
     write_image_json(d, safe_join(out, "images", f"{stem}.json"))
     return d
+
+
+ANGLES_ONLY_WARNING = "no pixel spacing: angles only, no mm values (--spacing MM gives them)"
 
 
 def _uid(src_uid: str, kind: str) -> str:
@@ -403,8 +431,9 @@ def _save_dataset(ds: Any, target: Path) -> None:
 
 def one_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (at most 300 characters), for result rows."""
-    s = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {s[0] if s else ''}"[:300]
+    from legalign.pipeline.outputs.safe_text import printable
+
+    return printable(f"{type(exc).__name__}: {str(exc).strip()}")[:300]
 
 
 # ----------------------------------------------------------- shared memory
@@ -521,7 +550,12 @@ class LocalEngine:
 
     # ------------------------------------------------------------ setup
     def _prepare_out(self) -> None:
+        from legalign.pipeline.engine.inputs import OUTPUT_MARKER
+
         self.out.mkdir(parents=True, exist_ok=True)
+        marker = self.out / OUTPUT_MARKER
+        if not marker.exists():  # the folder walk never takes this folder as input
+            marker.write_text("legalign run output folder: never read as input\n")
         for sub in SUBDIRS:
             (self.out / sub).mkdir(exist_ok=True)
         # temporary files of a killed run (atomic writes never completed)

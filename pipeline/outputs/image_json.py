@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from pathlib import Path
 from typing import Any
+
+from legalign.pipeline.outputs.precision import rounded
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -56,20 +57,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
 
 
 def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, tuples -> lists, numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
-        return _clean(obj.item())
-    return obj
+    """JSON-safe: NaN/inf -> None, tuples -> lists, numpy scalars -> Python numbers, every
+    float rounded to its documented precision (pipeline/outputs/precision.py)."""
+    return rounded(obj)
 
 
 def dumps(result: dict[str, Any], *, indent: int | None = 2) -> str:
-    return json.dumps(_clean(result), indent=indent, sort_keys=False, allow_nan=False)
+    # ensure_ascii: file names with undecodable bytes (surrogate escapes) and control
+    # characters are written as JSON escapes, so the file is valid UTF-8 and one line
+    # per record in the journal; json.loads gives back the exact name (resume)
+    return json.dumps(
+        _clean(result), indent=indent, sort_keys=False, allow_nan=False, ensure_ascii=True
+    )
 
 
 def write_image_json(result: dict[str, Any], path: str | os.PathLike[str]) -> None:

@@ -13,8 +13,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from legalign.pipeline.api import DISCLAIMER
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 from legalign.pipeline.measure import REQUIRES
+from legalign.pipeline.outputs.precision import round_value
+from legalign.pipeline.outputs.safe_text import csv_cell, printable
 from legalign.pipeline.plan import POST_KEYS
 
 # Every numeric measurement of pipeline/measure.py, in its order; the plan's post-op keys.
@@ -73,7 +76,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     *[(f"plan_post_{k}", "float") for k in POST_KEYS],
     ("plan_warnings", "string"),
     ("null_reasons", "string"),
+    ("warnings", "string"),
+    ("output_errors", "string"),
     ("model", "string"),
+    ("disclaimer", "string"),
     ("json_path", "string"),
     ("overlay_path", "string"),
     ("sr_path", "string"),
@@ -106,6 +112,10 @@ def rows_for_image(d: dict[str, Any]) -> list[dict[str, Any]]:
         "spacing_source": d.get("spacing_source"),
         "lld_mm": d.get("lld_mm"),
         "model": d.get("model"),
+        "disclaimer": DISCLAIMER,
+        "warnings": "; ".join(d.get("warnings") or []) or None,
+        "output_errors": "; ".join(f"{k}: {v}" for k, v in (d.get("output_errors") or {}).items())
+        or None,
         "n_legs": len(d.get("legs") or []),
         "json_path": outputs.get("json"),
         "overlay_path": outputs.get("overlay"),
@@ -172,20 +182,22 @@ def rows_for_image(d: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cast(value: Any, typ: str) -> Any:
+def _cast(value: Any, typ: str, name: str = "") -> Any:
     if value is None:
         return None
     if typ == "float":
-        return float(value)
+        return round_value(value, name)
     if typ == "int":
         return int(value)
     if typ == "bool":
         return bool(value)
-    return str(value)
+    return printable(value)
 
 
 def _complete(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: _cast(row.get(name), typ) for name, typ in COLUMNS}
+    """Every column, typed; floats rounded (precision.py); strings valid Unicode with
+    control characters escaped (safe_text.py)."""
+    return {name: _cast(row.get(name), typ, name) for name, typ in COLUMNS}
 
 
 def arrow_schema() -> Any:
@@ -215,6 +227,7 @@ def write_tables(
     pq_path, csv_path = out_dir / "results.parquet", out_dir / "results.csv"
     pq_tmp, csv_tmp = _atomic_target(pq_path), _atomic_target(csv_path)
     n = 0
+    schema = schema.with_metadata({"legalign.disclaimer": DISCLAIMER})
     writer = pq.ParquetWriter(str(pq_tmp), schema)
     try:
         with open(csv_tmp, "w", newline="", encoding="utf-8") as fh:
@@ -239,6 +252,10 @@ def _csv_value(v: Any) -> Any:
         return repr(v)
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str):
+        # CSV injection: a spreadsheet would run "=...", "+...", "-...", "@..." as a
+        # formula; csv_cell makes it text (control characters are already escaped)
+        return csv_cell(v)
     return v
 
 

@@ -15,9 +15,10 @@ tifffile, Pillow) are imported on first use.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import InputError, input_error
 from legalign.pipeline.radiograph import Radiograph
 
 DEFAULT_MAX_PIXELS = 80_000_000
@@ -44,17 +45,27 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     from legalign.pipeline.read.raster import raster_kind
 
     p = _path(path)
-    if os.path.isdir(p):
-        raise InputError(f"{p}: is a directory, not an image file")
+    check_regular_file(p)
     try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
+        # O_NONBLOCK: should the path have become a FIFO since the check, open returns at once
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise InputError(f"{p}: file not found") from None
+        raise input_error(f"{p}: file not found", "unreadable") from None
     except OSError as exc:
-        raise InputError(f"{p}: cannot open ({type(exc).__name__})") from None
+        raise input_error(
+            f"{p}: cannot open ({exc.strerror or type(exc).__name__})", "unreadable"
+        ) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise input_error(f"{p}: not a regular file", "unreadable")
+        try:
+            head = fh.read(132)
+        except OSError as exc:
+            raise input_error(
+                f"{p}: cannot read ({exc.strerror or type(exc).__name__})", "unreadable"
+            ) from None
     if not head:
-        raise InputError(f"{p}: empty file")
+        raise input_error(f"{p}: empty file", "unreadable")
     if has_preamble(head):
         return "dicom"
     kind = raster_kind(head)
@@ -63,8 +74,46 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     if looks_like_raw_dicom(head):
         return "dicom"
     if len(head) < 132 and head.startswith(b"\0" * len(head)):
-        raise InputError(f"{p}: truncated file ({len(head)} bytes)")
-    raise InputError(f"{p}: not a DICOM, PNG, JPEG or TIFF file")
+        raise input_error(f"{p}: truncated file ({len(head)} bytes)", "unreadable")
+    if len(head) == 132 and head.startswith(b"\0" * 128):
+        raise input_error(f"{p}: truncated DICOM file (only the preamble)", "unreadable")
+    raise input_error(f"{p}: not a DICOM, PNG, JPEG or TIFF file", "not_an_image")
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular_file(p: str) -> os.stat_result:
+    """``os.stat`` of ``p``, refusing (without opening it) anything but a regular file:
+    FIFOs would block a reader forever, devices never end, a folder is no film."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        what = "broken symbolic link" if os.path.islink(p) else "file not found"
+        raise input_error(f"{p}: {what}", "unreadable") from None
+    except OSError as exc:
+        raise input_error(
+            f"{p}: cannot access ({exc.strerror or type(exc).__name__})", "unreadable"
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.listdir(p)
+        except OSError as exc:
+            raise input_error(
+                f"{p}: folder cannot be listed ({exc.strerror or type(exc).__name__}); "
+                "its films were not processed",
+                "unreadable",
+            ) from None
+        raise input_error(f"{p}: is a directory, not an image file", "not_an_image")
+    for test, what in _SPECIAL:
+        if test(st.st_mode):
+            raise input_error(f"{p}: is {what}, not a regular file (not opened)", "unreadable")
+    return st
 
 
 def read_radiograph(
@@ -122,7 +171,7 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
         from legalign.pipeline.read.dicom import check_header, read_header
         from legalign.pipeline.read.spacing import resolve_spacing
 
-        header = read_header(p)
+        header = read_header(p, max_pixels)
         ds = header.ds
         meta = getattr(ds, "file_meta", None)
         tsuid = meta.get("TransferSyntaxUID") if meta is not None else None

@@ -23,8 +23,9 @@ import warnings
 
 import numpy as np
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import InputError, input_error
 from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.native_stderr import native_stderr
 from legalign.pipeline.read.spacing import resolve_spacing
 
 PILLOW_MAX_IMAGE_PIXELS = 200_000_000
@@ -146,7 +147,7 @@ def _read_tiff(path: str) -> np.ndarray:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tifffile.TiffFile(path) as tf, native_stderr() as messages:
             page = tf.pages.first
             photometric = int(page.photometric)
             bits = int(page.bitspersample)
@@ -160,6 +161,11 @@ def _read_tiff(path: str) -> np.ndarray:
         raise InputError(f"{path}: out of memory decoding TIFF") from None
     except Exception as exc:
         raise InputError(f"{path}: cannot decode TIFF ({_short(exc)})") from None
+    if messages:
+        raise input_error(
+            f"{path}: the TIFF decoder reported a damaged file ({messages[0][:120]}); not used",
+            "unreadable",
+        )
     invert = photometric == 0  # MINISWHITE: low values are white
     if img is None:
         import cv2
@@ -208,7 +214,14 @@ def read_raster(
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({_short(exc)})") from None
         _check_complete(path, kind, data[-64:].tobytes())
-        img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE)
+        with native_stderr() as messages:
+            img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE)
+        if messages:
+            raise input_error(
+                f"{path}: the {kind.upper()} decoder reported a damaged stream "
+                f"({messages[0][:120]}); not used",
+                "unreadable",
+            )
         if img is None:
             raise InputError(f"{path}: cannot decode {kind.upper()} (corrupt file)")
         del data

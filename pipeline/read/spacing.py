@@ -14,7 +14,9 @@ Rules, first match wins:
 5. Nothing: ``(None, None)``; mm outputs are then not reported.
 
 Non-isotropic spacing (row and column spacing differ by more than 1 %), zero, negative,
-non-numeric or non-finite values raise ``InputError`` naming the file.
+non-numeric or non-finite values, and a spacing or magnification factor outside the
+plausibility bounds of ``configs/input_limits.yaml`` raise ``InputError`` (reason
+``no_spacing``) naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from legalign.pipeline.errors import InputError
+from legalign.pipeline.errors import input_error
+from legalign.pipeline.read.limits import InputLimits, default_input_limits
 
 SOURCE_USER = "user"
 SOURCE_PIXEL = "PixelSpacing"
@@ -37,10 +40,20 @@ def _positive(value: Any, path: str, what: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{path}: {what} is not a number ({value!r})") from None
+        raise input_error(f"{path}: {what} is not a number ({value!r})", "no_spacing") from None
     if not math.isfinite(v) or v <= 0:
-        raise InputError(f"{path}: {what} must be a positive number, got {value!r}")
+        raise input_error(f"{path}: {what} must be a positive number, got {value!r}", "no_spacing")
     return v
+
+
+def _plausible(value: float, bounds: Any, path: str, what: str) -> float:
+    if value not in bounds:
+        raise input_error(
+            f"{path}: implausible {what} {value:.6g} (outside {bounds.min:g}-{bounds.max:g}, "
+            "configs/input_limits.yaml)",
+            "no_spacing",
+        )
+    return value
 
 
 def _pair(ds: Any, keyword: str, path: str) -> float | None:
@@ -48,7 +61,9 @@ def _pair(ds: Any, keyword: str, path: str) -> float | None:
     try:
         raw = ds.get(keyword)
     except Exception as exc:  # an unparsable DS value
-        raise InputError(f"{path}: {keyword} cannot be read ({type(exc).__name__})") from None
+        raise input_error(
+            f"{path}: {keyword} cannot be read ({type(exc).__name__})", "no_spacing"
+        ) from None
     if raw is None or raw == "":
         return None
     if isinstance(raw, str | bytes) or not hasattr(raw, "__len__"):
@@ -56,24 +71,39 @@ def _pair(ds: Any, keyword: str, path: str) -> float | None:
     else:
         values = list(raw)
     if len(values) not in (1, 2):
-        raise InputError(f"{path}: {keyword} must have 2 values, got {len(values)}")
+        raise input_error(f"{path}: {keyword} must have 2 values, got {len(values)}", "no_spacing")
     nums = [_positive(v, path, keyword) for v in values]
     row, col = nums[0], nums[-1]
     if abs(row - col) > ISOTROPY_TOLERANCE * max(row, col):
-        raise InputError(
+        raise input_error(
             f"{path}: non-isotropic {keyword} {row:g} x {col:g} mm "
-            f"(differ by more than {ISOTROPY_TOLERANCE:.0%}); resample the image first"
+            f"(differ by more than {ISOTROPY_TOLERANCE:.0%}); resample the image first",
+            "no_spacing",
         )
-    return (row + col) / 2
+    return _plausible(row / 2 + col / 2, default_input_limits().spacing_mm, path, keyword)
 
 
 def resolve_spacing(
-    ds: Any | None, path: str, spacing_override_mm: float | None = None
+    ds: Any | None,
+    path: str,
+    spacing_override_mm: float | None = None,
+    limits: InputLimits | None = None,
 ) -> tuple[float | None, str | None]:
     """(spacing in mm per pixel, source) for a DICOM header ``ds`` (or None for rasters)."""
+    spacing, source = _resolve(ds, path, spacing_override_mm, limits or default_input_limits())
+    if spacing is not None and source != SOURCE_USER:
+        _plausible(
+            spacing, (limits or default_input_limits()).spacing_mm, path, "pixel spacing (mm)"
+        )
+    return spacing, source
+
+
+def _resolve(
+    ds: Any | None, path: str, spacing_override_mm: float | None, limits: InputLimits
+) -> tuple[float | None, str | None]:
     if spacing_override_mm is not None:
         if isinstance(spacing_override_mm, bool):
-            raise InputError(f"{path}: spacing override must be a number of mm")
+            raise input_error(f"{path}: spacing override must be a number of mm", "no_spacing")
         return _positive(spacing_override_mm, path, "spacing override (mm)"), SOURCE_USER
     if ds is None:
         return None, None
@@ -94,5 +124,6 @@ def resolve_spacing(
     mag = ds.get("EstimatedRadiographicMagnificationFactor")
     if mag is not None and mag != "":
         factor = _positive(mag, path, "EstimatedRadiographicMagnificationFactor")
+        _plausible(factor, limits.magnification, path, "EstimatedRadiographicMagnificationFactor")
         return imager / factor, SOURCE_IMAGER_MAG
     return imager, SOURCE_IMAGER
