@@ -30,6 +30,7 @@ digests that resume needs (8-byte keys).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -108,11 +109,17 @@ def limit_threads(n: int) -> None:
         pass
 
 
-def _init_worker(opts: EngineOptions, mode: str, capture: bool = False) -> None:
+def _init_worker(
+    opts: EngineOptions, mode: str, capture: bool = False, main_pid: int | None = None
+) -> None:
     """Worker start-up.  With ``capture`` (the local pool), a failure is not raised (the
     pool would only see a dead process) but kept: every task answers with it and the main
     process stops the run (see _InitFailed).  Without, it raises."""
     WORKER.pop("init_error", None)
+    if main_pid is not None:
+        from legalign.pipeline.engine.lifecycle import watch_parent
+
+        watch_parent(main_pid)  # dies with the main process, even under kill -9
     try:
         _init_worker_inner(opts, mode)
     except Exception as exc:  # noqa: BLE001
@@ -128,6 +135,26 @@ def _init_failed() -> dict[str, Any] | None:
 
 class _InitFailed(Exception):
     """A worker process could not start (environment or checkpoint problem)."""
+
+
+class _OutputFailed(Exception):
+    """The output folder cannot be written any more (full, read-only, removed)."""
+
+
+# errors writing into --out that stop the run (every further file would fail the same way)
+_OUTPUT_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "EIO")
+    if hasattr(errno, n)
+)
+
+
+def _output_failure(exc: OSError, out: Path) -> str:
+    where = exc.filename or out
+    return (
+        f"{os.fspath(where)}: cannot write ({exc.strerror or type(exc).__name__}); "
+        "the run stopped, results so far are kept: free the space and re-run to resume"
+    )
 
 
 def _init_worker_inner(opts: EngineOptions, mode: str) -> None:
@@ -438,9 +465,18 @@ def one_line(exc: BaseException) -> str:
 
 # ----------------------------------------------------------- shared memory
 def _to_shared(arr: Any) -> str:
-    from multiprocessing import resource_tracker, shared_memory
+    """Copy ``arr`` into a new shared-memory segment named with this run's prefix.  It
+    stays registered with the run's resource tracker (shared by all its processes), so
+    if the main process dies before unlinking it, the tracker unlinks it when the last
+    process of the run is gone; the main process's unlink unregisters it."""
+    import uuid
+    from multiprocessing import shared_memory
 
-    shm = shared_memory.SharedMemory(create=True, size=max(1, arr.nbytes))
+    from legalign.pipeline.engine.lifecycle import shm_prefix
+
+    opts: EngineOptions = WORKER["opts"]
+    name = f"{shm_prefix(Path(opts.out_dir))}{uuid.uuid4().hex[:16]}"
+    shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, arr.nbytes))
     try:
         import numpy as np
 
@@ -450,11 +486,6 @@ def _to_shared(arr: Any) -> str:
         name = shm.name
     finally:
         shm.close()
-    # the main process owns it from here (it unlinks it after cutting the crops)
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        pass
     return name
 
 
@@ -547,23 +578,46 @@ class LocalEngine:
         self.bar: Any = None
         self.processed = 0
         self.failed_this_run = 0
+        self.lock: Any = None
 
     # ------------------------------------------------------------ setup
     def _prepare_out(self) -> None:
+        """Create --out (one-line usage error when it cannot be written), take its lock,
+        mark it as an output folder, remove what a killed run on it left: our own
+        temporary files and shared-memory segments, a partial journal line."""
         from legalign.pipeline.engine.inputs import OUTPUT_MARKER
+        from legalign.pipeline.engine.lifecycle import (
+            OutputLock,
+            clean_stale_shm,
+            is_own_temp,
+            out_error,
+            shm_prefix,
+        )
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        marker = self.out / OUTPUT_MARKER
-        if not marker.exists():  # the folder walk never takes this folder as input
-            marker.write_text("legalign run output folder: never read as input\n")
-        for sub in SUBDIRS:
-            (self.out / sub).mkdir(exist_ok=True)
-        # temporary files of a killed run (atomic writes never completed)
-        for folder in (self.out, *(self.out / s for s in SUBDIRS)):
-            for entry in os.scandir(folder):
-                if entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file():
-                    os.unlink(entry.path)
-        self.journal.repair()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise out_error(self.out, exc, "cannot create the output folder") from None
+        self.lock = OutputLock(self.out)
+        self.lock.acquire()
+        try:
+            marker = self.out / OUTPUT_MARKER
+            if not marker.exists():  # the folder walk never takes this folder as input
+                marker.write_text("legalign run output folder: never read as input\n")
+            for sub in SUBDIRS:
+                (self.out / sub).mkdir(exist_ok=True)
+            # temporary files of a killed run (atomic writes never completed)
+            for folder in (self.out, *(self.out / s for s in SUBDIRS)):
+                for entry in os.scandir(folder):
+                    if is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+            self.journal.repair()
+        except OSError as exc:
+            self.lock.release()
+            raise out_error(
+                exc.filename or self.out, exc, "cannot write to the output folder"
+            ) from None
+        clean_stale_shm(shm_prefix(self.out))
 
     def _new_pool(self) -> ProcessPoolExecutor:
         import multiprocessing as mp
@@ -573,12 +627,23 @@ class LocalEngine:
             max_workers=max(1, self.opts.workers),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(self.opts, self.mode, True),
+            initargs=(self.opts, self.mode, True, os.getpid()),
         )
 
     # ------------------------------------------------------------ run
     def run(self) -> int:
+        from legalign.pipeline.engine.lifecycle import terminate_as_interrupt
+
+        with terminate_as_interrupt():
+            try:
+                return self._run()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
+
+    def _run(self) -> int:
         from legalign.pipeline.api import load_config
+        from legalign.pipeline.engine.lifecycle import EXIT_TERMINATED, Terminated
 
         opts = self.opts
         load_config(opts.config)  # a bad config is a usage error before any work
@@ -606,7 +671,7 @@ class LocalEngine:
         pool = self._new_pool()
         gen = self._unfinished_inputs(done)
         exhausted = False
-        interrupted = False
+        interrupted: KeyboardInterrupt | None = None
         fatal: str | None = None
         try:
             while True:
@@ -660,6 +725,11 @@ class LocalEngine:
                         broken = True
                         self._suspect(kind, payload)
                         continue
+                    except OSError as exc:
+                        if exc.errno in _OUTPUT_ERRNOS:  # the output folder is full / gone
+                            raise _OutputFailed(_output_failure(exc, self.out)) from None
+                        self._record(failure_dict(_item_path(payload), exc, "internal_error"))
+                        continue
                     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
                         self._record(failure_dict(_item_path(payload), exc, "internal_error"))
                         continue
@@ -673,26 +743,36 @@ class LocalEngine:
                     self.running_since.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._new_pool()
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            interrupted = exc
         except _InitFailed as exc:
+            fatal = f"worker processes cannot start: {exc}"
+        except _OutputFailed as exc:
             fatal = str(exc)
         finally:
-            pool.shutdown(wait=not interrupted, cancel_futures=True)
+            pool.shutdown(wait=interrupted is None, cancel_futures=True)
             for _, p in self.ready:
                 if p.shm_name:
                     _release_shared(p.shm_name)
-            self.journal.close()
+            try:
+                self.journal.close()
+            except OSError as exc:
+                fatal = fatal or _output_failure(exc, self.out)
             if self.bar is not None:
                 self.bar.close()
         self.summary.elapsed_s = time.perf_counter() - start
         self.summary.processed_this_run = self.processed
-        self._write_results()
+        try:
+            self._write_results()
+        except OSError as exc:
+            fatal = fatal or _output_failure(exc, self.out)
         if fatal is not None:
             from legalign.pipeline.errors import LegalignError
 
-            raise LegalignError(f"worker processes cannot start: {fatal}")
-        if interrupted:
+            raise LegalignError(fatal)
+        if isinstance(interrupted, Terminated):
+            return EXIT_TERMINATED
+        if interrupted is not None:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
 
@@ -821,7 +901,11 @@ class LocalEngine:
         """Journal one finished file (durable), then count it."""
         from legalign.pipeline.outputs.image_json import dumps
 
-        self.journal.append(d, dumps(d, indent=None))
+        d.setdefault("input_key", file_key(d["file"]))
+        try:
+            self.journal.append(d, dumps(d, indent=None))
+        except OSError as exc:
+            raise _OutputFailed(_output_failure(exc, self.out)) from None
         self.processed += 1
         self.summary.add_processed(d)
         for stage, secs in (d.get("timings_s") or {}).items():

@@ -19,6 +19,19 @@ from typing import Any
 from legalign.pipeline.outputs.precision import rounded
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# temporary files of atomic writes: ".<name>.legalign-tmp-<pid>"; start-up cleanup of a
+# run removes only names of this shape (never another program's ".*tmp*" files)
+TMP_TAG = ".legalign-tmp-"
+_OWN_TMP = re.compile(r"^\..+\.legalign-tmp-\d+$")
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary sibling an atomic write of ``path`` goes through."""
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def is_own_temp(name: str) -> bool:
+    return bool(_OWN_TMP.match(name))
 
 
 def output_stem(input_path: str | os.PathLike[str]) -> str:
@@ -47,7 +60,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     """Write via a temporary file in the same folder and os.replace: a reader (or a
     re-run after a kill) sees the old file or the whole new one, never a partial one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(data)
         if fsync:

@@ -208,7 +208,9 @@ def arrow_schema() -> Any:
 
 
 def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+    from legalign.pipeline.outputs.image_json import temp_name
+
+    return temp_name(path)
 
 
 def write_tables(
