@@ -197,6 +197,25 @@ def _png_header_only(width: int, height: int) -> bytes:
     )
 
 
+def write_sequence_bomb(path: str | os.PathLike[str], items: int = 150_000) -> Path:
+    """A valid film whose header carries a private sequence of ``items`` tiny items: a few
+    MB that take pydicom seconds to parse (a header "bomb").  Used for the engine's
+    ``timeout`` and ``worker_crashed`` cases."""
+    ds, _ = good_dataset()
+    data = _save(ds, Path(path))
+    creator = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 8) + b"LEGALIGN"
+    elem = struct.pack("<HH2sH", 0x0009, 0x1001, b"LO", 4) + b"abcd"
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(elem)) + elem
+    seq = (
+        struct.pack("<HH2sHI", 0x0009, 0x1000, b"SQ", 0, 0xFFFFFFFF)
+        + item * items
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
+    pos = data.find(b"\x10\x00\x10\x00PN")  # before (0010,0010) PatientName
+    Path(path).write_bytes(data[:pos] + creator + seq + data[pos:])
+    return Path(path)
+
+
 # de-identification: what DICOM PS3.15 Basic Profile (with "retain UIDs") leaves of a DX
 _DEIDENTIFIED_KEEP = {
     "SOPClassUID",

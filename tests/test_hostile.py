@@ -18,7 +18,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hostile_corpus import ABSENT, USABLE, build_corpus  # noqa: E402
+from hostile_corpus import (  # noqa: E402
+    ABSENT,
+    USABLE,
+    build_corpus,
+    good_dataset,
+    write_sequence_bomb,
+)
 
 from legalign.pipeline.engine.journal import Journal  # noqa: E402
 from legalign.pipeline.outputs.safe_text import printable  # noqa: E402
@@ -231,3 +237,145 @@ def test_sr_and_sc_from_minimal_and_hostile_headers_validate(hostile):
             assert not re.search(r"[\x00-\x1a\x1c-\x1f]", str(ds.get("PatientName", "")))
             checked += 1
     assert checked == 2 * len(names)
+
+
+# ---------------------------------------------------------------- the engine's own reasons
+def _descendants(pid: int) -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process below ``pid``."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+                procs[int(entry)] = (ppid, cmd)
+            except (OSError, IndexError, ValueError):
+                pass
+    found: dict[int, tuple[int, str]] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for child, (ppid, cmd) in procs.items():
+            if ppid == p and child not in found:
+                found[child] = (ppid, cmd)
+                todo.append(child)
+    return found
+
+
+def _workers(main_pid: int) -> set[int]:
+    tree = _descendants(main_pid)
+    servers = {p for p, (pp, cmd) in tree.items() if pp == main_pid and "forkserver" in cmd}
+    return {p for p, (pp, _) in tree.items() if pp in servers}
+
+
+@pytest.fixture(scope="module")
+def engine_cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine_cases")
+    bomb = write_sequence_bomb(root / "a_sequence_bomb.dcm")
+    ds, _ = good_dataset(seed=4)
+    good = root / "b_good.dcm"
+    ds.save_as(good, enforce_file_format=True)
+    return bomb, good
+
+
+def _records(out):
+    return {r["file"]: r for r in Journal(out).latest_records()}
+
+
+def test_a_header_that_never_finishes_parsing_is_a_timeout_row(engine_cases, tmp_path):
+    bomb, good = engine_cases
+    out = tmp_path / "out"
+    proc = _cli(
+        "run",
+        bomb,
+        good,
+        "--out",
+        out,
+        "--workers",
+        "1",
+        "--no-progress",
+        "--file-timeout",
+        "3",
+        timeout=600,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    recs = _records(out)
+    assert recs[str(bomb)]["error_reason"] == "timeout"
+    assert "--file-timeout" in recs[str(bomb)]["error"]
+    assert str(good) in recs  # the run went on
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_file_that_keeps_killing_its_worker_is_a_worker_crashed_row(engine_cases, tmp_path):
+    """A decoder crash ends the worker process the way SIGKILL does: the file is retried
+    alone, and when its worker dies again it becomes a worker_crashed row."""
+    import signal
+    import time
+
+    bomb, good = engine_cases
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "legalign.pipeline.cli",
+            "run",
+            str(bomb),
+            str(good),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--file-timeout",
+            "600",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed: set[int] = set()
+    deadline = time.monotonic() + 400
+    while len(killed) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        for w in _workers(proc.pid) - killed:
+            time.sleep(0.5)  # let it pick the file up
+            os.kill(w, signal.SIGKILL)
+            killed.add(w)
+            break
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=600)
+    assert len(killed) == 2, err[-3000:]
+    assert proc.returncode == 3, err[-3000:]
+    recs = _records(out)
+    assert recs[str(bomb)]["error_reason"] == "worker_crashed", recs[str(bomb)]
+    assert str(good) in recs  # the run went on
+    assert "Traceback" not in err
+
+
+def test_an_unexpected_exception_is_an_internal_error_row(tmp_path, monkeypatch):
+    """A bug (here: the locator raising) is recorded as internal_error with its message;
+    the file's row is written and nothing stops."""
+    from legalign.pipeline.engine import local
+
+    ds, _ = good_dataset(seed=6)
+    film = tmp_path / "film.dcm"
+    ds.save_as(film, enforce_file_format=True)
+
+    class Broken:
+        def locate(self, rad):
+            raise ZeroDivisionError("a bug in the locator")
+
+    out = tmp_path / "out"
+    for sub in local.SUBDIRS:
+        (out / sub).mkdir(parents=True)
+    opts = local.EngineOptions(out_dir=out)
+    monkeypatch.setitem(local.WORKER, "opts", opts)
+    monkeypatch.setitem(local.WORKER, "locator", Broken())
+    monkeypatch.setitem(local.WORKER, "cfg", None)
+    d = local.task_full(str(film))
+    assert d["status"] == "failed" and d["error_reason"] == "internal_error"
+    assert "ZeroDivisionError: a bug in the locator" in d["error"]
+    assert (out / d["outputs"]["json"]).is_file()

@@ -34,6 +34,7 @@ after its outputs are written, so a re-run skips it (exactly as the local engine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -134,6 +135,50 @@ class _Geometry(local.SpecOnly):
         return self._cls.fine_inputs(self, rad, coarse)  # type: ignore[arg-type]
 
 
+class FileTimeout(BaseException):
+    """A file's read ran past ``--file-timeout`` inside a Ray task.  A BaseException, so
+    that the readers' ``except Exception`` handlers do not turn it into a decode error."""
+
+    reason = "timeout"
+
+
+@contextlib.contextmanager
+def _file_time_limit(path: str, seconds: float | None):
+    """Stop the read of ``path`` after ``seconds`` (``FileTimeout``, reason timeout).
+
+    Ray runs a task on its worker's main thread, where SIGALRM can interrupt Python
+    code and blocking system calls; a decoder busy inside native code is stopped when it
+    returns to Python.  Elsewhere (not the main thread) there is no limit."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):  # noqa: ARG001
+        raise FileTimeout(f"{path}: still running after {seconds:g} s (--file-timeout); stopped")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _read(path: str, opts: EngineOptions) -> Any:
+    """``local.read_input`` under ``--file-timeout`` (InputError with reason timeout)."""
+    from legalign.pipeline.errors import input_error
+
+    try:
+        with _file_time_limit(path, opts.file_timeout_s):
+            return local.read_input(path)
+    except FileTimeout as exc:
+        raise input_error(str(exc), "timeout") from None
+
+
 def _stage_prepare(
     row: dict[str, Any], opts: EngineOptions, run_id: str, spec: Any
 ) -> dict[str, Any]:
@@ -146,7 +191,7 @@ def _stage_prepare(
     path = str(row["path"])
     t0 = time.perf_counter()
     try:
-        rad = local.read_input(path)
+        rad = _read(path, opts)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
         return _fail(path, exc, None, opts, timings={"read": time.perf_counter() - t0})
     t1 = time.perf_counter()
@@ -180,7 +225,7 @@ def _stage_crops(
     if state["coarse"].legs:
         t0 = time.perf_counter()
         try:
-            rad = local.read_input(path)
+            rad = _read(path, opts)
         except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
             return _fail(path, exc, None, opts)
         timings["reread"] = timings.get("reread", 0.0) + (time.perf_counter() - t0)
@@ -422,7 +467,35 @@ class RayEngine(LocalEngine):
         ds = ds.map(_stage_finish, fn_kwargs=kw, num_cpus=1)
         return ds.select_columns(["path", "status", "record"])
 
+    def _record_lost(self, paths: list[str], recorded: set[int]) -> None:
+        """Files whose rows never came back: their task kept failing (the worker process
+        died on them: decoder crash, out of memory) and Ray Data skipped the block
+        (``max_errored_blocks``).  Each becomes a worker_crashed row, as in the local
+        engine, instead of stopping the run."""
+        for path in paths:
+            if file_key(path) not in recorded:
+                self._record(
+                    local.failure_dict(
+                        path,
+                        f"{path}: the Ray task processing this file failed after Ray's "
+                        "retries (worker process died: decoder crash or out of memory)",
+                        "worker_crashed",
+                    )
+                )
+
     def run(self) -> int:
+        from legalign.pipeline.engine.lifecycle import terminate_as_interrupt
+
+        with terminate_as_interrupt():
+            try:
+                return self._run_ray()
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
+
+    def _run_ray(self) -> int:
+        from legalign.pipeline.engine.lifecycle import EXIT_TERMINATED, Terminated
+
         ray = require_ray()
         from legalign.models.checkpoint import load_checkpoint
         from legalign.models.spec import LocatorSpec
@@ -437,7 +510,7 @@ class RayEngine(LocalEngine):
         start = time.perf_counter()
         paths = self._paths_to_do(done)
         started_here = False
-        interrupted = False
+        interrupted: KeyboardInterrupt | None = None
         stopped: BaseException | None = None
         recorded: set[int] = set()
         try:
@@ -455,8 +528,9 @@ class RayEngine(LocalEngine):
                         continue
                     recorded.add(key)
                     self._record(d)
-        except KeyboardInterrupt:
-            interrupted = True
+                self._record_lost(paths, recorded)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            interrupted = exc
         except LegalignError:
             raise
         except Exception as exc:  # noqa: BLE001 - Ray itself failed (e.g. a node lost)
@@ -477,7 +551,9 @@ class RayEngine(LocalEngine):
             )
             err.exit_code = EXIT_RAY_STOPPED
             raise err
-        if interrupted:
+        if isinstance(interrupted, Terminated):
+            return EXIT_TERMINATED
+        if interrupted is not None:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.summary.files_failed else EXIT_OK
 
@@ -526,6 +602,9 @@ def _quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # a block whose task keeps failing (its worker died on a file) is skipped, not fatal:
+    # the driver records its files as worker_crashed rows (RayEngine._record_lost)
+    ctx.max_errored_blocks = -1
 
 
 def run_ray(inputs: list[str], opts: EngineOptions, ropts: RayOptions) -> tuple[int, Any]:
