@@ -337,15 +337,24 @@ def test_a_file_that_keeps_killing_its_worker_is_a_worker_crashed_row(engine_cas
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def has_open(pid: int, path: Path) -> bool:
+        try:
+            return any(
+                os.readlink(f"/proc/{pid}/fd/{fd}") == str(path)
+                for fd in os.listdir(f"/proc/{pid}/fd")
+            )
+        except OSError:
+            return False
+
     killed: set[int] = set()
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + 500
     while len(killed) < 2 and time.monotonic() < deadline and proc.poll() is None:
         for w in _workers(proc.pid) - killed:
-            time.sleep(0.5)  # let it pick the file up
-            os.kill(w, signal.SIGKILL)
-            killed.add(w)
-            break
-        time.sleep(0.2)
+            if has_open(w, bomb):  # the worker is parsing the bomb: "crash" it there
+                os.kill(w, signal.SIGKILL)
+                killed.add(w)
+        time.sleep(0.05)
     _, err = proc.communicate(timeout=600)
     assert len(killed) == 2, err[-3000:]
     assert proc.returncode == 3, err[-3000:]
