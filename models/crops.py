@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -125,16 +126,24 @@ def _area_factor(A: np.ndarray) -> int:
     return max(1, int(math.floor(1.0 / k)))
 
 
-def warp(
-    image: np.ndarray, A: np.ndarray, out_shape: tuple[int, int], border: float = 0.0
-) -> np.ndarray:
-    """Resample ``image`` (H, W float32) into ``out_shape`` with the 2x3 map ``A``.
+@dataclass(frozen=True)
+class WarpPlan:
+    """What ``warp`` reads of an image: rows ``y0:y1`` and columns ``x0:x1`` (a whole
+    number of ``f`` x ``f`` blocks), averaged block by block, then resampled bilinearly."""
 
-    Regions outside the image are filled with ``border``.
-    """
+    f: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
 
+
+def warp_plan(
+    image_shape: tuple[int, int], A: np.ndarray, out_shape: tuple[int, int]
+) -> WarpPlan | None:
+    """The region and block factor ``warp`` uses (None: the output misses the image)."""
     out_h, out_w = out_shape
-    h, w = image.shape[:2]
+    h, w = image_shape[:2]
     A = np.asarray(A, dtype=np.float64)
     f = _area_factor(A)
     # region of the image the output needs
@@ -151,26 +160,54 @@ def warp(
     x1 = min(w, int(math.ceil(corners[:, 0].max())) + pad + 1)
     y1 = min(h, int(math.ceil(corners[:, 1].max())) + pad + 1)
     if x1 - x0 < f or y1 - y0 < f:
-        return np.full((out_h, out_w), border, dtype=np.float32)
+        return None
     # extend to a multiple of f inside the image where possible, else drop the remainder
     x1 = min(w, x0 + -(-(x1 - x0) // f) * f)
     y1 = min(h, y0 + -(-(y1 - y0) // f) * f)
     x1 = x0 + (x1 - x0) // f * f
     y1 = y0 + (y1 - y0) // f * f
-    sub = image[y0:y1, x0:x1]
-    if sub.dtype != np.float32:
-        sub = sub.astype(np.float32)
-    # image -> sub-region (translation) -> block average by f
-    to_sub = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]])
-    if f > 1:
-        sub = cv2.resize(sub, ((x1 - x0) // f, (y1 - y0) // f), interpolation=cv2.INTER_AREA)
-        to_sub = compose(scale_matrix(1.0 / f), to_sub)
-    residual = compose(A, invert_affine(to_sub))
+    return WarpPlan(f, x0, y0, x1, y1)
+
+
+def warp_blocks(
+    blocks: np.ndarray,
+    plan: WarpPlan,
+    A: np.ndarray,
+    out_shape: tuple[int, int],
+    border: float = 0.0,
+) -> np.ndarray:
+    """The bilinear step of ``warp``: ``blocks`` are the plan's region averaged over its
+    ``f`` x ``f`` blocks (the region itself when ``f`` is 1), float32."""
+    out_h, out_w = out_shape
+    to_sub = np.array([[1.0, 0.0, -plan.x0], [0.0, 1.0, -plan.y0]])
+    if plan.f > 1:
+        to_sub = compose(scale_matrix(1.0 / plan.f), to_sub)
+    residual = compose(np.asarray(A, dtype=np.float64), invert_affine(to_sub))
     return cv2.warpAffine(
-        np.ascontiguousarray(sub),
+        np.ascontiguousarray(blocks),
         residual,
         (out_w, out_h),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=float(border),
     )
+
+
+def warp(
+    image: np.ndarray, A: np.ndarray, out_shape: tuple[int, int], border: float = 0.0
+) -> np.ndarray:
+    """Resample ``image`` (H, W float32) into ``out_shape`` with the 2x3 map ``A``.
+
+    Regions outside the image are filled with ``border``.
+    """
+    plan = warp_plan(image.shape[:2], A, out_shape)
+    if plan is None:
+        return np.full(out_shape, border, dtype=np.float32)
+    f = plan.f
+    sub = image[plan.y0 : plan.y1, plan.x0 : plan.x1]
+    if sub.dtype != np.float32:
+        sub = sub.astype(np.float32)
+    if f > 1:
+        size = ((plan.x1 - plan.x0) // f, (plan.y1 - plan.y0) // f)
+        sub = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
+    return warp_blocks(sub, plan, A, out_shape, border)

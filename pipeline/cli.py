@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import typing
 
 from legalign.pipeline import __version__
 from legalign.pipeline.errors import LegalignError
@@ -28,8 +29,16 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line naming the problem (no usage block before it); the
+    subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="legalign",
         description="Lower-limb alignment on full-leg radiographs (planning support only).",
     )

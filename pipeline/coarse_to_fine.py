@@ -97,6 +97,15 @@ def film_of(radiograph: FilmShape, pixels: np.ndarray) -> Film:
     return Film(radiograph, ArrayPixels(pixels))
 
 
+def radiograph_film(radiograph: Radiograph) -> Film:
+    """A :class:`Film` over a read radiograph: its progressive ``source`` (decodes the
+    reduced level or the region each step needs) when it was read that way, else its
+    decoded pixels."""
+    if radiograph.source is not None:
+        return Film(radiograph, radiograph.source)
+    return film_of(radiograph, radiograph.pixels)
+
+
 # ------------------------------------------------------------------ per film (no networks)
 def coarse_input(geometry: LocatorGeometry, pixels: FilmPixels) -> np.ndarray:
     """The whole film letterboxed into the coarse canvas: float32 (1, Hc, Wc)."""
@@ -209,5 +218,5 @@ def locate_films(
 def locate_radiographs(
     locator: Locator, radiographs: Sequence[Radiograph]
 ) -> list[list[LegLandmarks]]:
-    """:func:`locate_films` over decoded radiographs (their pixels in memory)."""
-    return locate_films(locator, [film_of(r, r.pixels) for r in radiographs])
+    """:func:`locate_films` over read radiographs (see :func:`radiograph_film`)."""
+    return locate_films(locator, [radiograph_film(r) for r in radiographs])

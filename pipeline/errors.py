@@ -76,6 +76,12 @@ class SpacingError(InputError):
     reason = FailureReason.NO_SPACING
 
 
+class FileTimeoutError(InputError):
+    """A file still being read after ``--file-timeout`` seconds (stopped)."""
+
+    reason = FailureReason.TIMEOUT
+
+
 class PlanningError(LegalignError):
     """An osteotomy plan cannot be made (e.g. the target cannot be reached)."""
 

@@ -7,6 +7,7 @@ from typing import Any
 from legalign.pipeline.enums import Status
 from legalign.pipeline.errors import FailureReason, LegalignError, failure_reason
 from legalign.pipeline.results import ImageResult
+from legalign.pipeline.safe_text import printable
 
 
 def one_line(exc: BaseException) -> str:
@@ -24,12 +25,14 @@ def failed_result(
     without a reason is an internal error.
     """
     if isinstance(exc, BaseException):
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # one line whatever the file name holds: newlines and other control characters
+        # (and undecodable bytes) escaped, not cut
+        msg = printable(str(exc).strip()) if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, LegalignError):
             msg = f"{type(exc).__name__}: {msg}"
         reason = reason or failure_reason(exc)
     else:
-        msg = exc
+        msg = printable(exc)
         reason = reason or FailureReason.INTERNAL_ERROR
     return ImageResult(file=str(path), status=Status.FAILED, error_reason=reason, error=msg)
 

@@ -22,6 +22,13 @@ class Radiograph:
     viewer's right (the film is mirrored against the standard AP display), False when
     it says standard display, None when the file does not say.
     ``laterality`` is "R", "L", "B" (both) or None, from ImageLaterality/Laterality.
+
+    A film read resolution-progressively (``pipeline.read.progressive``, a compressed
+    DICOM read with ``decoder`` other than "full") carries ``source``, which decodes the
+    whole film at a reduced level or a region on demand (a ``coarse_to_fine.FilmPixels``);
+    its ``pixels`` are then only the film at a reduced resolution level (an overview for
+    thumbnails, ``pixels_matrix`` maps full-resolution pixels to it) and ``height`` /
+    ``width`` are the full-resolution size, from ``full_size``.
     """
 
     path: str
@@ -38,11 +45,19 @@ class Radiograph:
     # The DICOM header (pydicom Dataset, without pixel data) when the source is DICOM;
     # used to place derived objects (SR, Secondary Capture) in the source's study.
     header: Any = field(default=None, repr=False)
+    source: Any = field(default=None, repr=False)
+    full_size: tuple[int, int] | None = None
+    pixels_matrix: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.full_size[0] if self.full_size else self.pixels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.full_size[1] if self.full_size else self.pixels.shape[1])
+
+    @property
+    def progressive(self) -> bool:
+        """Whether ``pixels`` is a reduced overview and ``source`` holds the film."""
+        return self.source is not None

@@ -298,8 +298,8 @@ def test_sigkill_then_rerun_gives_every_file_exactly_once(tmp_path, tiny_ckpt):
 def test_exit_codes(tmp_path, tiny_ckpt):
     empty = tmp_path / "empty"
     empty.mkdir()
-    ok = _run([empty, "--out", tmp_path / "o1", "--model", tiny_ckpt, "--no-progress"])
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    nothing = _run([empty, "--out", tmp_path / "o1", "--model", tiny_ckpt, "--no-progress"])
+    assert nothing.returncode == 2 and "no input files found" in nothing.stderr
     missing = _run([empty, "--out", tmp_path / "o2", "--model", tmp_path / "nope.pt"])
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
     bad_cfg = tmp_path / "bad.yaml"

@@ -170,6 +170,7 @@ def test_image_json_atomic_and_nan_free(tmp_path, synth_dicom):
 def test_overlay_draws_landmarks_axes_wedge_and_panel(synth_dicom):
     from legalign.pipeline.outputs.overlay import (
         PANEL_WIDTH,
+        footer_lines,
         panel_lines,
         render_overlay,
         thumbnail,
@@ -200,8 +201,8 @@ def test_overlay_draws_landmarks_axes_wedge_and_panel(synth_dicom):
         (patch[..., 0] > 200) & (patch[..., 1] > 100) & (patch[..., 1] < 200) & (patch[..., 2] < 80)
     )
     assert orange.any()
-    text = "\n".join(t for t, _ in panel_lines(d))
-    assert "HKA" in text and "Planning support only" in text and "low confidence" in text
+    text = "\n".join(t for t, _ in [*panel_lines(d), *footer_lines()])
+    assert "HKA" in text and "Planning support only" in text and "low landmark confidence" in text
 
 
 # ----------------------------------------------------------------- DICOM SR / SC

@@ -106,8 +106,10 @@ def test_dragging_a_point_recomputes_with_the_pipelines_geometry(client, run):
     truth = run.truth[str(film_path)]["left"]
     # the "model" put the knee KNEE_ERROR_PX off; the reviewer drags it back
     kc = view["model"]["landmarks"]["knee_centre"]
+    # results store pixel coordinates at 0.01 px (docs/results-schema.md, Precision)
     assert [kc["x"], kc["y"]] == pytest.approx(
-        [truth["knee_centre"][0] + KNEE_ERROR_PX[0], truth["knee_centre"][1] + KNEE_ERROR_PX[1]]
+        [truth["knee_centre"][0] + KNEE_ERROR_PX[0], truth["knee_centre"][1] + KNEE_ERROR_PX[1]],
+        abs=0.005,
     )
     fixed = list(truth["knee_centre"])
     r = client.post(
@@ -126,7 +128,8 @@ def test_dragging_a_point_recomputes_with_the_pipelines_geometry(client, run):
     leg.confidence.pop("knee_centre")
     spacing = view["film"]["spacing_mm"]
     want = build_leg(leg, spacing, cfg)
-    assert got["measurements"]["hka_deg"] == pytest.approx(want.measurements.hka_deg, abs=1e-9)
+    # the other landmarks come from the stored results, rounded to 0.01 px
+    assert got["measurements"]["hka_deg"] == pytest.approx(want.measurements.hka_deg, abs=1e-3)
     assert got["measurements"]["hka_deg"] != pytest.approx(
         view["model"]["measurements"]["hka_deg"], abs=0.1
     )
@@ -465,7 +468,7 @@ def test_export_writes_coco_labels_table_and_sr_with_the_review_state(run, tmp_p
     row = next(r for r in table if r["file"] == str(film0.source) and r["side"] == "right")
     assert row["review_state"] == "amended" and row["reviewer"] == "Dr A"
     assert row["amended_landmarks"] == "knee_centre"
-    assert row["knee_centre_x"] == pytest.approx(truth[0])
+    assert row["knee_centre_x"] == pytest.approx(truth[0], abs=0.005)
     assert row["hka_deg"] != pytest.approx(leg0["measurements"]["hka_deg"], abs=0.1)
     states = sorted(r["review_state"] for r in table)
     assert states == ["accepted", "amended", "rejected", "unreviewed"]

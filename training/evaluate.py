@@ -132,7 +132,6 @@ def radial_errors(truth: LegLandmarks, pred: LegLandmarks) -> dict[str, float]:
 
 
 def _measures(leg: LegLandmarks, spacing_mm: float | None, cfg: Any) -> dict[str, float | None]:
-
     m = measure_leg(leg, spacing_mm, cfg)
     return {k: getattr(m, k, None) for k in (*MEASURES, *EXTRA_MEASURES)}
 
@@ -572,7 +571,7 @@ def evaluate_locator(
         legs,
         failures,
         extra={
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(checkpoint) if checkpoint is not None else "default",
             "dataset": str(dataset),
             "dataset_options": dict(dataset_options or {}),
             "assumed_spacing_mm": assumed_spacing_mm,

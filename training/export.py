@@ -169,6 +169,8 @@ def export_onnx(
             raise
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all
             errors.append(f"{kind}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+    for partial in (path, path.with_name(path.name + ".data")):  # leave no half-written file
+        partial.unlink(missing_ok=True)
     raise ExportError(f"{path}: ONNX export failed ({'; '.join(errors)})")
 
 
@@ -196,7 +198,6 @@ def onnx_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def torch_runner(net) -> Callable[[np.ndarray], np.ndarray]:
-
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
@@ -205,7 +206,6 @@ def torch_runner(net) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def torchscript_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # jit.load deprecation notice
         module = torch.jit.load(str(path), map_location="cpu")
@@ -233,7 +233,6 @@ def _onnx_module(path: str | Path):
 
 
 def _torchscript_module(path: str | Path):
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu").eval()

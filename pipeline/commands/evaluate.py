@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from legalign.models.checkpoint import load_checkpoint
 from legalign.pipeline.errors import InputError
 from legalign.training.evaluate import evaluate_locator, format_report
 from legalign.training.readers_eval import evaluate_angles, format_angle_report, is_angle_csv
@@ -19,7 +21,9 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="locator checkpoint (.pt)")
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="locator checkpoint (.pt), or 'default'"
+    )
     parser.add_argument(
         "dataset",
         metavar="DATASET",
@@ -73,7 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.spacing is not None and not args.spacing > 0:
         raise InputError(f"--spacing must be positive, got {args.spacing}")
     synthetic = str(args.dataset).startswith("synthetic:")
@@ -81,12 +84,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.dataset}: dataset not found")
     if args.seed is not None and not synthetic:
         raise InputError(f"--seed applies to synthetic:N datasets only, not {args.dataset}")
-    if not Path(args.checkpoint).is_file():
+    checkpoint = None if args.checkpoint == "default" else args.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"{args.checkpoint}: checkpoint not found")
+    if synthetic:
+        _warn_training_seeds(checkpoint, str(args.dataset), args.seed or 0)
     if str(args.dataset).lower().endswith(".csv"):
         if is_angle_csv(args.dataset):
             report, _ = evaluate_angles(
-                args.checkpoint,
+                checkpoint,
                 args.dataset,
                 args.out,
                 assumed_spacing_mm=args.spacing,
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.part is not None:
         raise InputError("--part applies to angle-only CSVs (file, side, hka_deg) only")
     report = evaluate_locator(
-        args.checkpoint,
+        checkpoint,
         args.dataset,
         args.out,
         assumed_spacing_mm=args.spacing,
@@ -117,3 +123,30 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         print(f"\nwrote {', '.join(report['outputs'].values())}")
     return 0
+
+
+def _warn_training_seeds(checkpoint: str | None, dataset: str, seed: int) -> None:
+    """Warn when a synthetic:N evaluation draws film seeds the checkpoint was trained on
+    (its recorded training config lists its synthetic datasets and their seeds)."""
+
+    try:
+        n = int(dataset.split(":")[1])
+        train = (load_checkpoint(checkpoint).get("config") or {}).get("train_data") or []
+    except Exception:  # noqa: BLE001 - no recorded config: nothing to compare with
+        return
+    for entry in train:
+        spec = str(entry.get("spec", "")) if isinstance(entry, dict) else ""
+        if not spec.startswith("synthetic:"):
+            continue
+        try:
+            m = int(spec.split(":")[1])
+            s0 = int((entry.get("options") or {}).get("seed", 0))
+        except ValueError:
+            continue
+        if seed < s0 + m and s0 < seed + n:
+            print(
+                f"legalign evaluate: warning: synthetic seeds {seed}-{seed + n - 1} overlap the "
+                f"checkpoint's training films ({spec}, seeds {s0}-{s0 + m - 1}): these scores "
+                f"are on training data; use --seed {max(1_000_000, s0 + m)}",
+                file=sys.stderr,
+            )

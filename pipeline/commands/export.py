@@ -7,6 +7,7 @@ model is this explicit step, never a side effect of ``train``."""
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 from legalign.models.checkpoint import install_as_default
@@ -70,7 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     checkpoint = None if args.checkpoint == "default" else args.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"{checkpoint}: checkpoint not found")
@@ -85,6 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.tolerance_px > 0:
         raise InputError(f"--tolerance-px must be positive, got {args.tolerance_px}")
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    if "onnx" in formats:
+        missing = missing_onnx_packages()
+        if missing:
+            raise InputError(
+                f"ONNX export needs {', '.join(missing)} (not installed): "
+                "pip install 'legalign[export]' (or --format torchscript)"
+            )
     films = []
     if args.check_dataset is not None:
         if args.check_films < 1:
@@ -115,3 +122,18 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{args.out}/locator_spec.json, {args.out}/export_report.json")
     return 0
+
+
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def missing_onnx_packages() -> list[str]:
+    """The packages of the ``export`` extra that cannot be imported here."""
+
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing

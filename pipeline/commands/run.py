@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from legalign.pipeline.engine.inputs import check_inputs
+from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
+from legalign.pipeline.api import load_config
+from legalign.pipeline.engine.inputs import OUTPUT_MARKER, check_inputs, expand_inputs
+from legalign.pipeline.engine.lifecycle import check_out_folder
 from legalign.pipeline.engine.local import EngineOptions, run_local
-from legalign.pipeline.engine.ray_engine import RayOptions, run_ray
+from legalign.pipeline.engine.ray_engine import RayOptions, require_ray, run_ray
 from legalign.pipeline.errors import LegalignError
+from legalign.pipeline.read.limits import default_input_limits
 
 NAME = "run"
 HELP = (
@@ -116,6 +121,21 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="a file still processing after S seconds is killed and recorded (reason timeout; default 900)",
     )
+    p.add_argument(
+        "--decoder",
+        choices=("auto", "cpu", "gpu", "full"),
+        default="auto",
+        help="how compressed DICOM is read (docs/progressive.md): JPEG 2000, HTJ2K and "
+        "baseline JPEG at the resolution the networks need and crops as regions, with "
+        "nvImageCodec on a CUDA GPU when installed (auto, the default), on the CPU only "
+        "(cpu), on the GPU only (gpu); full: decode every film whole (the old path)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow an --out that already holds files legalign did not write (its "
+        "results.csv, summary.json, ... are replaced)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--limit",
@@ -165,6 +185,7 @@ def engine_options(args: argparse.Namespace, engine: str = "local") -> Any:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise LegalignError(f"{out}: --out exists and is not a folder")
+    _check_before_output(args)
     workers = args.workers or max(1, os.cpu_count() or 1)
     return EngineOptions(
         out_dir=out,
@@ -183,16 +204,26 @@ def engine_options(args: argparse.Namespace, engine: str = "local") -> Any:
         progress=not args.no_progress,
         limit=args.limit,
         file_timeout_s=args.file_timeout,
+        decoder=args.decoder,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-
+    if args.engine == "ray":
+        require_ray()  # the install hint comes before anything else
     problems = check_inputs(args.inputs)
     if problems:
         raise LegalignError("; ".join(problems))
     opts = engine_options(args, args.engine)
     out = Path(args.out)
+    check_out_folder(out, OUTPUT_MARKER, args.overwrite)
+    if next(iter(expand_inputs(args.inputs, exclude=[out])), None) is None:
+        print(
+            f"legalign run: warning: no input files found in {' '.join(args.inputs)} "
+            "(hidden files, DICOMDIR and sidecars such as .json/.csv are skipped)",
+            file=sys.stderr,
+        )
+        return 2
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor):
         raise LegalignError("--address, --actors and --gpus-per-actor need --engine ray")
     if args.engine == "ray":
@@ -205,3 +236,20 @@ def run(args: argparse.Namespace) -> int:
     print(summary.format_text())
     print(f"results: {out / 'results.parquet'}, {out / 'results.csv'}, {out / 'summary.json'}")
     return code
+
+
+def _check_before_output(args: argparse.Namespace) -> None:
+    """Usage errors that must stop the run before anything is created under --out: an
+    unusable --config, --model or --spacing (exit 2, one line)."""
+    load_config(getattr(args, "config", None))
+    model = getattr(args, "model", None)
+    if model is not None:
+        nets_from_checkpoint(load_checkpoint(model))
+    spacing = getattr(args, "spacing", None)
+    if spacing is not None:
+        bounds = default_input_limits().spacing_mm
+        if spacing not in bounds:
+            raise LegalignError(
+                f"--spacing {spacing:g} mm is implausible (outside {bounds.min:g}-"
+                f"{bounds.max:g} mm, configs/input_limits.yaml)"
+            )

@@ -1,9 +1,14 @@
-"""The driver's books for one ``legalign run`` (both engines): the output folder, the
-journal (exactly-once, resume), the progress bar, the run summary and, at the end, the
-results table rebuilt from the journal."""
+"""The driver's books for one ``legalign run`` (both engines): the output folder (its
+lock, marker and clean-up), the journal (exactly-once, resume), the progress bar, the
+run summary and, at the end, the results table rebuilt from the journal.
+
+An output folder that cannot be written any more (full, read-only, removed) stops the
+run with :class:`OutputFailed`: every further file would fail the same way; what is
+journalled so far is kept and a re-run resumes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -14,13 +19,40 @@ from typing import Any
 
 from tqdm import tqdm
 
-from legalign.pipeline.engine.inputs import expand_inputs
+from legalign.pipeline.engine.inputs import OUTPUT_MARKER, expand_inputs
 from legalign.pipeline.engine.journal import Journal, file_key
+from legalign.pipeline.engine.lifecycle import (
+    OutputLock,
+    clean_stale_shm,
+    is_own_temp,
+    out_error,
+    shm_prefix,
+)
 from legalign.pipeline.engine.options import EngineOptions
 from legalign.pipeline.engine.write import SUBDIRS
+from legalign.pipeline.errors import LegalignError
 from legalign.pipeline.outputs.image_json import atomic_write_bytes, dumps
 from legalign.pipeline.outputs.summary import RunSummary
 from legalign.pipeline.outputs.table import write_tables
+
+# errors writing into --out that stop the run (every further file would fail the same way)
+OUTPUT_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "EIO")
+    if hasattr(errno, n)
+)
+
+
+class OutputFailed(LegalignError):
+    """The output folder cannot be written any more (full, read-only, removed)."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, out: Path) -> OutputFailed:
+        where = exc.filename or out
+        return cls(
+            f"{os.fspath(where)}: cannot write ({exc.strerror or type(exc).__name__}); "
+            "the run stopped, results so far are kept: free the space and re-run to resume"
+        )
 
 
 class RunBook:
@@ -48,20 +80,44 @@ class RunBook:
         self.bar: Any = None
         self.processed = 0
         self.failed_this_run = 0
+        self.lock: OutputLock | None = None
 
     def prepare_out(self) -> set[int]:
-        """Create the output folder, delete a killed run's temporaries, repair the journal;
-        returns the keys of the files already done (failed ones too unless retried)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        for sub in SUBDIRS:
-            (self.out / sub).mkdir(exist_ok=True)
-        # temporary files of a killed run (atomic writes never completed)
-        for folder in (self.out, *(self.out / s for s in SUBDIRS)):
-            for entry in os.scandir(folder):
-                if entry.name.startswith(".") and ".tmp" in entry.name and entry.is_file():
-                    os.unlink(entry.path)
-        self.journal.repair()
+        """Create --out (one-line usage error when it cannot be written), take its lock,
+        mark it as an output folder, remove what a killed run on it left (our own
+        temporary files and shared-memory segments, a partial journal line); returns the
+        keys of the files already done (failed ones too unless retried)."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise out_error(self.out, exc, "cannot create the output folder") from None
+        self.lock = OutputLock(self.out)
+        self.lock.acquire()
+        try:
+            marker = self.out / OUTPUT_MARKER
+            if not marker.exists():  # the folder walk never takes this folder as input
+                marker.write_text("legalign run output folder: never read as input\n")
+            for sub in SUBDIRS:
+                (self.out / sub).mkdir(exist_ok=True)
+            # temporary files of a killed run (atomic writes never completed)
+            for folder in (self.out, *(self.out / s for s in SUBDIRS)):
+                for entry in os.scandir(folder):
+                    if is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+            self.journal.repair()
+        except OSError as exc:
+            self.release()
+            raise out_error(
+                exc.filename or self.out, exc, "cannot write to the output folder"
+            ) from None
+        clean_stale_shm(shm_prefix(self.out))
         return self.journal.done_keys(include_failed=not self.opts.retry_failed)
+
+    def release(self) -> None:
+        """Drop the output folder's lock (the end of the run)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def unfinished_inputs(self, done: set[int]) -> Iterator[tuple[str, int]]:
         """(path, key) of each input not finished yet, once each; counts what it skips."""
@@ -86,8 +142,13 @@ class RunBook:
 
     def record(self, d: dict[str, Any]) -> None:
         """Journal one finished file (durable), then count it."""
-        self.journal.append(d, dumps(d, indent=None))
+        d.setdefault("input_key", file_key(d["file"]))
+        try:
+            self.journal.append(d, dumps(d, indent=None))
+        except OSError as exc:
+            raise OutputFailed.from_os_error(exc, self.out) from None
         self.processed += 1
+        self.summary.add_processed(d)
         for stage, secs in (d.get("timings_s") or {}).items():
             self.summary.add_timing(stage, secs)
         if d.get("status") == "failed":
@@ -100,10 +161,23 @@ class RunBook:
                 self.bar.set_postfix(failed=self.failed_this_run, refresh=False)
 
     def close(self, elapsed_s: float) -> None:
-        """Close the journal and the bar; rebuild the table and the summary from the journal."""
-        self.journal.close()
+        """Close the journal and the bar; rebuild the table and the summary from the
+        journal.  ``OutputFailed`` when --out cannot be written (after trying it all)."""
+        failed: OutputFailed | None = None
+        try:
+            self.journal.close()
+        except OSError as exc:
+            failed = OutputFailed.from_os_error(exc, self.out)
         if self.bar is not None:
             self.bar.close()
+        try:
+            self._write_results(elapsed_s)
+        except OSError as exc:
+            failed = failed or OutputFailed.from_os_error(exc, self.out)
+        if failed is not None:
+            raise failed
+
+    def _write_results(self, elapsed_s: float) -> None:
         self.summary.elapsed_s = elapsed_s
         self.summary.processed_this_run = self.processed
         stats = self.summary

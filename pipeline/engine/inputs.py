@@ -45,18 +45,37 @@ SIDECAR_SUFFIXES = (
 )
 
 
+# A file in every folder ``legalign run`` writes (pipeline/engine/local.py): the walk never
+# enters a folder carrying it, wherever it is and whatever it is called.
+OUTPUT_MARKER = ".legalign-output"
+
+
 def is_list_file(arg: str) -> bool:
     return arg.startswith("@") or (arg.lower().endswith(LIST_SUFFIXES) and os.path.isfile(arg))
 
 
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    return os.path.abspath(path) in exclude or os.path.realpath(path) in exclude
+
+
 def _walk(root: str, exclude: tuple[str, ...]) -> Iterator[str]:
-    # os.walk with topdown=True lets us prune and sort each folder's entries
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    # os.walk with topdown=True lets us prune and sort each folder's entries.  A folder
+    # that cannot be listed is yielded as an input of its own: the engine records it
+    # (reason unreadable) instead of skipping its films silently.
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unlisted.append):
+        while unlisted:
+            err = unlisted.pop(0)
+            if err.filename:
+                yield os.fsdecode(err.filename)
+        if OUTPUT_MARKER in filenames:  # a legalign output folder: never input
+            dirnames[:] = []
+            continue
         absdir = os.path.abspath(dirpath)
         dirnames[:] = sorted(
             d
             for d in dirnames
-            if not d.startswith(".") and os.path.abspath(os.path.join(absdir, d)) not in exclude
+            if not d.startswith(".") and not _excluded(os.path.join(absdir, d), exclude)
         )
         for name in sorted(filenames):
             if name.startswith(".") or name.upper() == "DICOMDIR":
@@ -64,6 +83,9 @@ def _walk(root: str, exclude: tuple[str, ...]) -> Iterator[str]:
             if name.lower().endswith(SIDECAR_SUFFIXES):
                 continue
             yield os.path.join(dirpath, name)
+    for err in unlisted:
+        if err.filename:
+            yield os.fsdecode(err.filename)
 
 
 def _list_entries(list_path: str) -> Iterator[str]:
@@ -80,7 +102,9 @@ def expand_inputs(
     inputs: Iterable[str], *, exclude: Iterable[str | os.PathLike[str]] = ()
 ) -> Iterator[str]:
     """Yield every file path the INPUTs name, lazily (see the module docstring)."""
-    excl = tuple(os.path.abspath(os.fspath(e)) for e in exclude)
+    excl = tuple(
+        p for e in exclude for p in {os.path.abspath(os.fspath(e)), os.path.realpath(os.fspath(e))}
+    )
     for arg in inputs:
         arg = os.fspath(arg)
         if is_list_file(arg):
@@ -93,7 +117,7 @@ def expand_inputs(
 
 def _expand_one(path: str, exclude: tuple[str, ...]) -> Iterator[str]:
     if os.path.isdir(path):
-        if os.path.abspath(path) in exclude:
+        if _excluded(path, exclude) or os.path.exists(os.path.join(path, OUTPUT_MARKER)):
             return
         yield from _walk(path, exclude)
     else:
@@ -101,9 +125,14 @@ def _expand_one(path: str, exclude: tuple[str, ...]) -> Iterator[str]:
 
 
 def check_inputs(inputs: Iterable[str]) -> list[str]:
-    """Problems that make the command itself wrong (a list file that cannot be read)."""
+    """Problems that make the command itself wrong: an INPUT on the command line that does
+    not exist, a list file that cannot be read.  (Paths inside a list file that do not
+    exist are per-file failures, recorded as rows.)"""
     problems = []
     for arg in inputs:
-        if arg.startswith("@") and not Path(arg[1:]).is_file():
-            problems.append(f"{arg[1:]}: list file not found")
+        if arg.startswith("@"):
+            if not Path(arg[1:]).is_file():
+                problems.append(f"{arg[1:]}: list file not found")
+        elif not os.path.lexists(arg):
+            problems.append(f"{arg}: not found")
     return problems

@@ -5,7 +5,10 @@ included) leaves at worst a partial last line, which the next run cuts off befor
 appends.  The results table is always rebuilt from the journal, keeping the last record
 per file, so every file appears exactly once.
 
-Memory: resuming needs the set of finished files; it is kept as 8-byte path digests
+Identity (``file_key``): resolved path + size + mtime, so a relative and an absolute
+spelling, or a symbolic link, of one file resume as one file.
+
+Memory: resuming needs the set of finished files; it is kept as 8-byte digests
 (about 60-70 bytes per file in a Python set), not as path strings.
 """
 
@@ -22,12 +25,27 @@ JOURNAL_NAME = "journal.jsonl"
 
 
 def file_key(path: str) -> int:
-    """Identity of an input file in the journal: a digest of its absolute path."""
-    absolute = os.path.abspath(path)
+    """Identity of an input file: a digest of its resolved path (symbolic links and
+    relative spellings resolved), size and modification time.  The same file named two
+    ways is one file; a file replaced by different content (new size or mtime) is a new
+    one.  A path that cannot be stat'ed (missing, broken link) is keyed by its resolved
+    path alone.  Records keep the key they were written with (``input_key``)."""
+    resolved = os.path.realpath(path)
+    try:
+        st = os.stat(resolved)
+        identity = f"{resolved}\0{st.st_size}\0{st.st_mtime_ns}"
+    except OSError:
+        identity = resolved
     return int.from_bytes(
-        hashlib.blake2b(absolute.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+        hashlib.blake2b(identity.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
         "little",
     )
+
+
+def record_key(rec: dict[str, Any]) -> int:
+    """The identity a journal record was written with (older records: recomputed)."""
+    key = rec.get("input_key")
+    return int(key) if isinstance(key, int) else file_key(rec["file"])
 
 
 class Journal:
@@ -81,7 +99,7 @@ class Journal:
         """Keys of the files whose last record counts as finished."""
         done: set[int] = set()
         for rec in self.records():
-            key = file_key(rec["file"])
+            key = record_key(rec)
             if include_failed or rec.get("status") != "failed":
                 done.add(key)
             else:
@@ -92,9 +110,9 @@ class Journal:
         """One record per file, the last one written (two passes, streamed)."""
         last: dict[int, int] = {}
         for i, rec in enumerate(self.records()):
-            last[file_key(rec["file"])] = i
+            last[record_key(rec)] = i
         for i, rec in enumerate(self.records()):
-            if last.get(file_key(rec["file"])) == i:
+            if last.get(record_key(rec)) == i:
                 yield rec
 
     def append(self, record: dict[str, Any], line: str | None = None) -> None:

@@ -31,6 +31,7 @@ digests that resume needs (8-byte keys).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from collections import deque
@@ -45,12 +46,14 @@ import torch
 
 from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
 from legalign.pipeline.api import load_config, load_locator
-from legalign.pipeline.coarse_to_fine import Film, film_of, locate_films
-from legalign.pipeline.engine.bookkeeping import RunBook
+from legalign.pipeline.coarse_to_fine import Film, FilmPixels, film_of, locate_films
+from legalign.pipeline.engine.bookkeeping import OUTPUT_ERRNOS, OutputFailed, RunBook
+from legalign.pipeline.engine.lifecycle import Terminated, terminate_as_interrupt
 from legalign.pipeline.engine.options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     EngineOptions,
 )
@@ -70,6 +73,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_SOME_FAILED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "EngineOptions",
     "LocalEngine",
@@ -120,11 +124,20 @@ class LocalEngine:
             max_workers=max(1, self.opts.workers),
             mp_context=ctx,
             initializer=init_pool_worker,
-            initargs=(self.opts, self.mode),
+            initargs=(self.opts, self.mode, os.getpid()),
         )
 
     # ------------------------------------------------------------ run
     def run(self) -> int:
+        """The whole run; SIGTERM is handled like Ctrl-C (results so far written, exit
+        143); the output folder's lock is held until the end."""
+        with terminate_as_interrupt():
+            try:
+                return self._run()
+            finally:
+                self.book.release()
+
+    def _run(self) -> int:
         opts, book = self.opts, self.book
         load_config(opts.config)  # a bad config is a usage error before any work
         done = book.prepare_out()
@@ -144,7 +157,7 @@ class LocalEngine:
         pool = self._new_pool()
         gen = book.unfinished_inputs(done)
         exhausted = False
-        interrupted = False
+        interrupted: KeyboardInterrupt | None = None
         fatal: str | None = None
         try:
             while True:
@@ -198,6 +211,13 @@ class LocalEngine:
                         broken = True
                         self._suspect(kind, payload)
                         continue
+                    except OSError as exc:
+                        if exc.errno in OUTPUT_ERRNOS:  # the output folder is full / gone
+                            raise OutputFailed.from_os_error(exc, book.out) from None
+                        book.record(
+                            failure_dict(_item_path(payload), exc, FailureReason.INTERNAL_ERROR)
+                        )
+                        continue
                     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
                         book.record(
                             failure_dict(_item_path(payload), exc, FailureReason.INTERNAL_ERROR)
@@ -213,19 +233,26 @@ class LocalEngine:
                     self.running_since.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._new_pool()
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            interrupted = exc
         except _InitFailed as exc:
+            fatal = f"worker processes cannot start: {exc}"
+        except OutputFailed as exc:
             fatal = str(exc)
         finally:
-            pool.shutdown(wait=not interrupted, cancel_futures=True)
+            pool.shutdown(wait=interrupted is None, cancel_futures=True)
             for _, p in self.ready:
                 if p.shm_name:
                     release_shared(p.shm_name)
-            book.close(time.perf_counter() - start)
+            try:
+                book.close(time.perf_counter() - start)
+            except OutputFailed as exc:
+                fatal = fatal or str(exc)
         if fatal is not None:
-            raise LegalignError(f"worker processes cannot start: {fatal}")
-        if interrupted:
+            raise LegalignError(fatal)
+        if isinstance(interrupted, Terminated):
+            return EXIT_TERMINATED
+        if interrupted is not None:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if book.summary.files_failed else EXIT_OK
 
@@ -302,28 +329,37 @@ class LocalEngine:
         """Mode "main": the coarse-to-fine stage batched over the ready films."""
         batch, self.ready = self.ready[: self.opts.batch_size], self.ready[self.opts.batch_size :]
         t0 = time.perf_counter()
-        shared = [SharedFilm(p.shm_name or "", p.shape) for _, p in batch]
+        # a film in shared memory, or (read progressively) its pixel source
+        shared = [SharedFilm(p.shm_name, p.shape) if p.shm_name else None for _, p in batch]
         try:
             films: list[Film] = [
-                film_of(p.info, s.view()) for (_, p), s in zip(batch, shared, strict=True)
+                film_of(p.info, s.view()) if s is not None else Film(p.info, _source(p))
+                for (_, p), s in zip(batch, shared, strict=True)
             ]
             coarse = cast(list[np.ndarray], [p.coarse for _, p in batch])  # cut by prepare
             legs_all = locate_films(self.locator, films, coarse_inputs=coarse)
         except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
             for s in shared:
-                s.release()
+                if s is not None:
+                    s.release()
             for item, p in batch:
                 p.header = p.thumb = None
                 self.book.record(failure_dict(item.path, exc, FailureReason.INTERNAL_ERROR))
             return
         for s in shared:
-            s.release()
+            if s is not None:
+                s.release()
         dt = (time.perf_counter() - t0) / max(1, len(batch))
         for (item, p), legs in zip(batch, legs_all, strict=True):
             timings = dict(p.timings)
             timings["locate"] = dt
             fut = pool.submit(pool_finish, p.stripped(), legs, timings)
             self.in_flight[fut] = ("finish", (item, p))
+
+
+def _source(p: Prepared) -> FilmPixels:
+    assert p.source is not None, "a prepared film has shared memory or a pixel source"
+    return p.source
 
 
 def _item_path(payload: Any) -> str:

@@ -11,6 +11,7 @@ EXIT_OK = 0  # every file succeeded (status ok or partial)
 EXIT_USAGE = 2  # usage or configuration error: nothing was processed
 EXIT_SOME_FAILED = 3  # the run completed; at least one file failed (see its error_reason)
 EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C); re-run the same command to resume
+EXIT_TERMINATED = 143  # terminated (SIGTERM, 128 + 15); re-run the same command to resume
 
 
 @dataclass
@@ -34,6 +35,11 @@ class EngineOptions:
     max_in_flight: int | None = None
     file_timeout_s: float | None = 900.0  # a file still running after this is killed
     limit: int | None = None  # stop after this many newly processed files (benchmarks)
+    # how compressed DICOM is read: "auto"/"cpu"/"gpu" progressive (docs/progressive.md),
+    # "full" every film decoded whole; the overview (coarse canvas, overlay) has at
+    # least overview_height rows
+    decoder: str = "auto"
+    overview_height: int = 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_mode(self) -> str:

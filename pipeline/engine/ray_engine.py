@@ -36,13 +36,17 @@ after its outputs are written, so a re-run skips it (exactly as the local engine
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import pickle
 import re
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,25 +58,34 @@ from legalign.models.checkpoint import load_checkpoint
 from legalign.models.spec import LocatorSpec
 from legalign.pipeline.api import load_config, load_locator
 from legalign.pipeline.coarse_to_fine import (
-    ArrayPixels,
     coarse_heatmaps,
     coarse_input,
     fine_heatmaps,
     fine_inputs,
     next_legs,
+    radiograph_film,
 )
 from legalign.pipeline.engine.bookkeeping import RunBook
 from legalign.pipeline.engine.journal import file_key
+from legalign.pipeline.engine.lifecycle import Terminated, terminate_as_interrupt
 from legalign.pipeline.engine.options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    EXIT_TERMINATED,
     EngineOptions,
 )
-from legalign.pipeline.engine.worker import Prepared, WorkerContext, fail_and_write, header_only
-from legalign.pipeline.errors import FailureReason, LegalignError
-from legalign.pipeline.failures import one_line
+from legalign.pipeline.engine.worker import (
+    Prepared,
+    WorkerContext,
+    fail_and_write,
+    header_only,
+    read_info,
+)
+from legalign.pipeline.errors import FailureReason, FileTimeoutError, LegalignError
+from legalign.pipeline.failures import failure_dict, one_line
 from legalign.pipeline.outputs.image_json import dumps
+from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.results import FilmInfo
 
 INSTALL_HINT = 'the Ray engine needs Ray Data: pip install -e ".[ray]"'
@@ -154,6 +167,44 @@ def _fail(
     return _done(path, fail_and_write(path, exc, opts, reason, timings))
 
 
+class _FileTimeout(BaseException):
+    """A file's read ran past ``--file-timeout`` inside a Ray task.  A BaseException, so
+    that the readers' ``except Exception`` handlers do not turn it into a decode error."""
+
+
+@contextlib.contextmanager
+def _file_time_limit(path: str, seconds: float | None) -> Iterator[None]:
+    """Stop the read of ``path`` after ``seconds`` (``FileTimeout``, reason timeout).
+
+    Ray runs a task on its worker's main thread, where SIGALRM can interrupt Python
+    code and blocking system calls; a decoder busy inside native code is stopped when it
+    returns to Python.  Elsewhere (not the main thread) there is no limit."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise _FileTimeout(f"{path}: still running after {seconds:g} s (--file-timeout); stopped")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _read(ctx: WorkerContext, path: str) -> Radiograph:
+    """``WorkerContext.read`` under ``--file-timeout`` (``FileTimeoutError``: reason
+    timeout)."""
+    try:
+        with _file_time_limit(path, ctx.opts.file_timeout_s):
+            return ctx.read(path)
+    except _FileTimeout as exc:
+        raise FileTimeoutError(str(exc)) from None
+
+
 def _stage_prepare(
     row: dict[str, Any], opts: EngineOptions, run_id: str, spec: LocatorSpec
 ) -> dict[str, Any]:
@@ -163,7 +214,7 @@ def _stage_prepare(
     path = str(row["path"])
     t0 = time.perf_counter()
     try:
-        rad = ctx.read(path)
+        rad = _read(ctx, path)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, never raised
         return _fail(path, exc, None, opts, timings={"read": time.perf_counter() - t0})
     t1 = time.perf_counter()
@@ -171,9 +222,10 @@ def _stage_prepare(
         state = {
             "info": FilmInfo.from_radiograph(rad),
             "header": header_only(rad),
-            "coarse_input": coarse_input(ctx.geometry, ArrayPixels(rad.pixels)),
+            "coarse_input": coarse_input(ctx.geometry, radiograph_film(rad).pixels),
             "thumb": ctx.thumbnail(rad),
             "shape": (rad.height, rad.width),
+            "how": read_info(rad),
         }
         state["timings"] = {"read": t1 - t0, "prepare": time.perf_counter() - t1}
         return _pending(path, state)
@@ -196,7 +248,7 @@ def _stage_crops(
     if state["coarse"].legs:
         t0 = time.perf_counter()
         try:
-            pixels = ArrayPixels(ctx.read(path).pixels)
+            pixels = radiograph_film(_read(ctx, path)).pixels
         except Exception as exc:  # noqa: BLE001 - e.g. the file changed or vanished meanwhile
             return _fail(path, exc, None, opts)
         timings["reread"] = timings.get("reread", 0.0) + (time.perf_counter() - t0)
@@ -220,7 +272,15 @@ def _stage_finish(
     try:
         s = pickle.loads(row["state"])
         p = Prepared(
-            path, s["info"], s["header"], s.get("thumb"), None, None, s["shape"], s["timings"]
+            path,
+            s["info"],
+            s["header"],
+            s.get("thumb"),
+            None,
+            None,
+            s["shape"],
+            s["timings"],
+            how=s.get("how"),
         )
         return _done(path, ctx.finish(p, s["legs"], s["timings"]))
     except Exception as exc:  # noqa: BLE001
@@ -409,7 +469,30 @@ class RayEngine:
         ds = ds.map(_stage_finish, fn_kwargs=kw, num_cpus=1)
         return ds.select_columns(["path", "status", "record"])
 
+    def _record_lost(self, paths: list[str], recorded: set[int]) -> None:
+        """Files whose rows never came back: their task kept failing (the worker process
+        died on them: decoder crash, out of memory) and Ray Data skipped the block
+        (``max_errored_blocks``).  Each becomes a worker_crashed row, as in the local
+        engine, instead of stopping the run."""
+        for path in paths:
+            if file_key(path) not in recorded:
+                self.book.record(
+                    failure_dict(
+                        path,
+                        f"{path}: the Ray task processing this file failed after Ray's "
+                        "retries (worker process died: decoder crash or out of memory)",
+                        FailureReason.WORKER_CRASHED,
+                    )
+                )
+
     def run(self) -> int:
+        with terminate_as_interrupt():
+            try:
+                return self._run()
+            finally:
+                self.book.release()
+
+    def _run(self) -> int:
         ray = require_ray()
         opts, book = self.opts, self.book
         load_config(opts.config)  # a bad config is a usage error before any work
@@ -418,7 +501,7 @@ class RayEngine:
         start = time.perf_counter()
         paths = self._paths_to_do(done)
         started_here = False
-        interrupted = False
+        interrupted: KeyboardInterrupt | None = None
         stopped: BaseException | None = None
         recorded: set[int] = set()
         try:
@@ -434,8 +517,9 @@ class RayEngine:
                         continue
                     recorded.add(key)
                     book.record(d)
-        except KeyboardInterrupt:
-            interrupted = True
+                self._record_lost(paths, recorded)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+            interrupted = exc
         except LegalignError:
             raise
         except Exception as exc:  # noqa: BLE001 - Ray itself failed (e.g. a node lost)
@@ -449,7 +533,9 @@ class RayEngine:
                 f"the Ray run stopped ({_plain(one_line(stopped))}); {book.processed} files "
                 "finished in this run are journalled: re-run the same command to resume"
             )
-        if interrupted:
+        if isinstance(interrupted, Terminated):
+            return EXIT_TERMINATED
+        if interrupted is not None:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if book.summary.files_failed else EXIT_OK
 
@@ -494,6 +580,9 @@ def _quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # a block whose task keeps failing (its worker died on a file) is skipped, not fatal:
+    # the driver records its files as worker_crashed rows (RayEngine._record_lost)
+    ctx.max_errored_blocks = -1
 
 
 def run_ray(inputs: list[str], opts: EngineOptions, ropts: RayOptions) -> tuple[int, Any]:

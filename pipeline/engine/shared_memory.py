@@ -1,17 +1,25 @@
 """Decoded films handed from a worker process to the main process through shared memory
 (one copy, no pickling): the worker creates the block, the main process owns it from
-then on and unlinks it once the film's crops are cut."""
+then on and unlinks it once the film's crops are cut.
+
+Blocks are named with the run's prefix (``lifecycle.shm_prefix``) and stay registered
+with the run's resource tracker (shared by all its processes): if the main process dies
+before unlinking a block, the tracker unlinks it when the last process of the run is
+gone, and the next run on the same output folder removes any that are left."""
 
 from __future__ import annotations
 
-from multiprocessing import resource_tracker, shared_memory
+import uuid
+from multiprocessing import shared_memory
 
 import numpy as np
 
 
-def to_shared(arr: np.ndarray) -> str:
-    """Copy ``arr`` into a new shared-memory block; returns the block's name."""
-    shm = shared_memory.SharedMemory(create=True, size=max(1, arr.nbytes))
+def to_shared(arr: np.ndarray, prefix: str) -> str:
+    """Copy ``arr`` into a new shared-memory block named ``prefix`` + a random part;
+    returns the block's name."""
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
+    shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, arr.nbytes))
     try:
         view: np.ndarray = np.ndarray(arr.shape, dtype=arr.dtype, buffer=shm.buf)
         view[...] = arr
@@ -19,11 +27,6 @@ def to_shared(arr: np.ndarray) -> str:
         name = shm.name
     finally:
         shm.close()
-    # the main process owns it from here (it unlinks it after cutting the crops)
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        pass
     return name
 
 

@@ -32,7 +32,14 @@ from legalign.models.checkpoint import load_checkpoint
 from legalign.models.spec import LocatorSpec
 from legalign.pipeline.api import load_config, load_locator
 from legalign.pipeline.assemble import result_from_legs
-from legalign.pipeline.coarse_to_fine import ArrayPixels, coarse_input, film_of, locate_films
+from legalign.pipeline.coarse_to_fine import (
+    ArrayPixels,
+    FilmPixels,
+    coarse_input,
+    locate_films,
+    radiograph_film,
+)
+from legalign.pipeline.engine.lifecycle import shm_prefix, watch_parent
 from legalign.pipeline.engine.options import EngineOptions
 from legalign.pipeline.engine.shared_memory import to_shared
 from legalign.pipeline.engine.write import finish_outputs
@@ -44,6 +51,7 @@ from legalign.pipeline.locate import Locator, LocatorGeometry
 from legalign.pipeline.outputs.overlay import thumbnail
 from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.read import read_radiograph
+from legalign.pipeline.read.syntax import syntax_label
 from legalign.pipeline.results import FilmInfo
 
 
@@ -63,6 +71,20 @@ def header_only(rad: Radiograph) -> Any:
     return header
 
 
+def read_info(rad: Radiograph) -> dict[str, str]:
+    """The ``read`` entry of a result: how the file was stored and which decoder read it."""
+    header = rad.header
+    if header is not None:
+        kind = "dicom"
+    else:
+        kind = os.path.splitext(rad.path)[1].lower().lstrip(".")
+        kind = {"jpg": "jpeg", "tif": "tiff"}.get(kind, kind)
+    return {
+        "syntax": syntax_label(header, kind),
+        "decoder": rad.source.codec_name if rad.source is not None else "full",
+    }
+
+
 @dataclass
 class Prepared:
     """Mode "main": what a worker hands to the main process for one film (and what
@@ -73,14 +95,25 @@ class Prepared:
     header: Any
     thumb: np.ndarray | None
     coarse: np.ndarray | None  # float32 (1, Hc, Wc)
-    shm_name: str | None
+    shm_name: str | None  # the decoded film in shared memory (None: read progressively)
     shape: tuple[int, int]
     timings: dict[str, float]
+    source: FilmPixels | None = None  # a progressive read's pixel source (no shared memory)
+    how: dict[str, str] | None = None  # read_info
 
     def stripped(self) -> Prepared:
-        """What ``finish`` needs (no coarse array, no shared memory)."""
+        """What ``finish`` needs (no coarse array, no shared memory, no pixel source)."""
         return Prepared(
-            self.path, self.info, self.header, self.thumb, None, None, self.shape, self.timings
+            self.path,
+            self.info,
+            self.header,
+            self.thumb,
+            None,
+            None,
+            self.shape,
+            self.timings,
+            None,
+            self.how,
         )
 
 
@@ -113,7 +146,13 @@ class WorkerContext:
     def read(self, path: str) -> Radiograph:
         """Read one input file with this run's options (spacing override, size limit)."""
         opts = self.opts
-        rad = read_radiograph(path, spacing_override_mm=opts.spacing_mm, max_pixels=opts.max_pixels)
+        rad = read_radiograph(
+            path,
+            spacing_override_mm=opts.spacing_mm,
+            max_pixels=opts.max_pixels,
+            decoder=opts.decoder,
+            overview_height=opts.overview_height,
+        )
         if opts.require_spacing and rad.spacing_mm is None:
             raise SpacingError(
                 f"{path}: no pixel spacing (mm outputs were asked: --require-spacing)"
@@ -147,23 +186,27 @@ class WorkerContext:
         timings["read"] = t1 - t0
         try:
             thumb = self.thumbnail(rad)
-            legs = locate_films(self.locator, [film_of(rad, rad.pixels)])[0]
+            legs = locate_films(self.locator, [radiograph_film(rad)])[0]
             t2 = time.perf_counter()
             timings["locate"] = t2 - t1
             info = FilmInfo.from_radiograph(rad)
             header = header_only(rad)
+            how = read_info(rad)
             del rad
             result = result_from_legs(
                 info, legs, self.cfg, model_name=self.opts.model_name, timings_s=timings
             )
             result.timings_s["measure"] = time.perf_counter() - t2
             d = result.to_dict()
+            d["read"] = how
         except Exception as exc:  # noqa: BLE001
             return self.fail(path, exc, FailureReason.INTERNAL_ERROR)
         return finish_outputs(d, header, thumb, self.opts)
 
     def prepare(self, path: str) -> Prepared | dict[str, Any]:
-        """Mode "main": read, normalise, coarse input, thumbnail; the film goes to shared memory."""
+        """Mode "main": read, normalise, coarse input, thumbnail; the film goes to shared
+        memory (a progressive read hands its pixel source instead: it decodes the crops
+        on demand in the main process)."""
         t0 = time.perf_counter()
         try:
             rad = self.read(path)
@@ -171,9 +214,17 @@ class WorkerContext:
             return self.fail(path, exc, timings={"read": time.perf_counter() - t0})
         t1 = time.perf_counter()
         try:
-            coarse = coarse_input(self.geometry, ArrayPixels(rad.pixels))
+            source = rad.source
+            coarse = coarse_input(self.geometry, source or ArrayPixels(rad.pixels))
             thumb = self.thumbnail(rad)
-            name = to_shared(np.ascontiguousarray(rad.pixels, dtype=np.float32))
+            name = (
+                None
+                if source is not None
+                else to_shared(
+                    np.ascontiguousarray(rad.pixels, dtype=np.float32),
+                    shm_prefix(self.opts.out_dir),
+                )
+            )
             return Prepared(
                 path=path,
                 info=FilmInfo.from_radiograph(rad),
@@ -183,6 +234,8 @@ class WorkerContext:
                 shm_name=name,
                 shape=(rad.height, rad.width),
                 timings={"read": t1 - t0, "prepare": time.perf_counter() - t1},
+                source=source,
+                how=read_info(rad),
             )
         except Exception as exc:  # noqa: BLE001
             return self.fail(path, exc, FailureReason.INTERNAL_ERROR)
@@ -198,6 +251,8 @@ class WorkerContext:
             )
             result.timings_s["measure"] = time.perf_counter() - t0
             d = result.to_dict()
+            if p.how:
+                d["read"] = p.how
         except Exception as exc:  # noqa: BLE001
             return self.fail(p.path, exc, FailureReason.INTERNAL_ERROR)
         return finish_outputs(d, p.header, p.thumb, self.opts)
@@ -225,10 +280,13 @@ def fail_and_write(
 _POOL: dict[str, Any] = {}
 
 
-def init_pool_worker(opts: EngineOptions, mode: str) -> None:
+def init_pool_worker(opts: EngineOptions, mode: str, main_pid: int | None = None) -> None:
     """Pool initialiser.  A failure is not raised (the pool would only see a dead
-    process) but kept: every task answers with it and the main process stops the run."""
+    process) but kept: every task answers with it and the main process stops the run.
+    ``main_pid``: the worker dies with that process, even under kill -9."""
     _POOL.clear()
+    if main_pid is not None:
+        watch_parent(main_pid)
     try:
         _POOL["ctx"] = WorkerContext.create(opts, networks=mode == "worker")
     except Exception as exc:  # noqa: BLE001

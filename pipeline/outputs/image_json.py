@@ -11,13 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from legalign.pipeline.outputs.precision import rounded
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# temporary files of atomic writes: ".<name>.legalign-tmp-<pid>"; start-up cleanup of a
+# run removes only names of this shape (never another program's ".*tmp*" files)
+TMP_TAG = ".legalign-tmp-"
+_OWN_TMP = re.compile(r"^\..+\.legalign-tmp-\d+$")
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary sibling an atomic write of ``path`` goes through."""
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def is_own_temp(name: str) -> bool:
+    return bool(_OWN_TMP.match(name))
 
 
 def output_stem(input_path: str | os.PathLike[str]) -> str:
@@ -46,7 +60,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     """Write via a temporary file in the same folder and os.replace: a reader (or a
     re-run after a kill) sees the old file or the whole new one, never a partial one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(data)
         if fsync:
@@ -56,20 +70,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
 
 
 def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, tuples -> lists, numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
-        return _clean(obj.item())
-    return obj
+    """JSON-safe: NaN/inf -> None, tuples -> lists, numpy scalars -> Python numbers, every
+    float rounded to its documented precision (pipeline/outputs/precision.py)."""
+    return rounded(obj)
 
 
 def dumps(result: dict[str, Any], *, indent: int | None = 2) -> str:
-    return json.dumps(_clean(result), indent=indent, sort_keys=False, allow_nan=False)
+    # ensure_ascii: file names with undecodable bytes (surrogate escapes) and control
+    # characters are written as JSON escapes, so the file is valid UTF-8 and one line
+    # per record in the journal; json.loads gives back the exact name (resume)
+    return json.dumps(
+        _clean(result), indent=indent, sort_keys=False, allow_nan=False, ensure_ascii=True
+    )
 
 
 def write_image_json(result: dict[str, Any], path: str | os.PathLike[str]) -> None:

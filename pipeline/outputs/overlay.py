@@ -16,9 +16,11 @@ import cv2
 import numpy as np
 
 from legalign.pipeline.results import DISCLAIMER
+from legalign.pipeline.safe_text import ascii_text
 
 MAX_OVERLAY_HEIGHT = 2048
 PANEL_WIDTH = 460
+WRAP = 56  # characters per panel line (0.5-scale Hershey text in PANEL_WIDTH)
 
 # BGR colours (cv2)
 WHITE = (255, 255, 255)
@@ -131,7 +133,6 @@ def _ip(p: np.ndarray) -> tuple[int, int]:
 def _dashed(
     img: np.ndarray, p: tuple[int, int], q: tuple[int, int], colour: Any, thick: int
 ) -> None:
-
     a, b = np.array(p, float), np.array(q, float)
     length = float(np.hypot(*(b - a)))
     n = max(1, int(length // 12))
@@ -184,22 +185,45 @@ def _draw_wedge(img: np.ndarray, step: dict[str, Any], pt: Any, thick: int, radi
 
 
 def _text(img: np.ndarray, s: str, org: tuple[int, int], colour: Any, scale: float = 0.5) -> None:
-
+    s = ascii_text(s)  # the Hershey font draws ASCII only; names may hold any bytes
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+# what each drawing means (docs/results-schema.md, overlays)
+LEGEND: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("legend", WHITE),
+    ("  o landmark used for measurement", WHITE),
+    ("  - mechanical axes (hip-knee, knee-ankle)", GREEN),
+    ("  - - weight-bearing line", YELLOW),
+    ("  - femoral joint line", CYAN),
+    ("  - tibial joint line", MAGENTA),
+    ("  - planned wedge and hinge", ORANGE),
+    ("  x low-confidence landmark (not used)", RED),
+)
+
+
+def _wrapped(
+    text: str, colour: tuple[int, int, int], indent: str = " "
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """``text`` as panel lines of at most WRAP characters, never cut mid-sentence."""
+    parts = textwrap.wrap(ascii_text(text), WRAP - len(indent), break_long_words=True)
+    return [(indent + p, colour) for p in parts] or [(indent, colour)]
 
 
 def panel_lines(result: dict[str, Any]) -> list[tuple[str, tuple[int, int, int]]]:
     """The text of the values panel, one (line, colour) per row."""
     lines: list[tuple[str, tuple[int, int, int]]] = []
     name = str(result.get("file") or "").replace("\\", "/").rsplit("/", 1)[-1]
-    lines.append((f"legalign  {name[:40]}", WHITE))
+    lines.extend(_wrapped(f"legalign  {name}", WHITE, ""))
     sp = result.get("spacing_mm")
     lines.append((f"spacing {_fmt(sp, ' mm/px', 4)}", GREY))
-    lines.append((f" from {result.get('spacing_source') or 'none'}"[:60], GREY))
+    lines.extend(_wrapped(f"from {result.get('spacing_source') or 'none (angles only)'}", GREY))
     if result.get("status") == "failed":
         lines.append((f"FAILED: {result.get('error_reason')}", RED))
-        lines.append((str(result.get("error") or "")[:60], RED))
+        lines.extend(_wrapped(str(result.get("error") or ""), RED))
+    for w in result.get("warnings") or []:
+        lines.extend(_wrapped("! " + w, RED))
     for leg in result.get("legs") or []:
         m = leg.get("measurements") or {}
         lines.append(("", WHITE))
@@ -248,26 +272,38 @@ def panel_lines(result: dict[str, Any]) -> list[tuple[str, tuple[int, int, int]]
                 )
             )
         elif plan:
-            lines.append((" " + str(plan.get("reason") or "")[:58], GREY))
-        for w in (plan.get("warnings") or [])[:3]:
-            lines.append((" ! " + w[:56], RED))
+            lines.extend(_wrapped(str(plan.get("reason") or ""), GREY))
+        for w in plan.get("warnings") or []:
+            lines.extend(_wrapped("! " + w, RED))
     if result.get("lld_mm") is not None:
         lines.append(("", WHITE))
         lines.append((f"LLD (left - right) {_fmt(result['lld_mm'], ' mm')}", WHITE))
-    lines.append(("", WHITE))
-    for part in textwrap.wrap(DISCLAIMER, 56):
-        lines.append((part, RED))
     return lines
 
 
+def footer_lines() -> list[tuple[str, tuple[int, int, int]]]:
+    """Legend and disclaimer: drawn at the bottom of the panel, always visible."""
+    return [*LEGEND, ("", WHITE), *_wrapped(DISCLAIMER, RED, "")]
+
+
 def _panel(img: np.ndarray, result: dict[str, Any], x0: int) -> None:
+    step = 22
+    footer = footer_lines()
+    bottom = img.shape[0] - 6 - step * len(footer)
     y = 24
-    for s, colour in panel_lines(result):
+    lines = panel_lines(result)
+    for i, (s, colour) in enumerate(lines):
+        if y > bottom - step and i < len(lines) - 1:
+            _text(img, "... (see the JSON for the rest)", (x0 + 10, y), GREY, 0.5)
+            break
         if s:
             _text(img, s, (x0 + 10, y), colour, 0.5)
-        y += 22
-        if y > img.shape[0] - 6:
-            break
+        y += step
+    y = max(y + step, bottom + step)
+    for s, colour in footer:
+        if s:
+            _text(img, s, (x0 + 10, y), colour, 0.5)
+        y += step
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -19,7 +19,11 @@ import pyarrow.parquet as pq
 
 from legalign.pipeline.landmarks import LANDMARK_NAMES
 from legalign.pipeline.measure import REQUIRES
+from legalign.pipeline.outputs.image_json import temp_name
+from legalign.pipeline.outputs.precision import round_value
 from legalign.pipeline.plan import POST_KEYS
+from legalign.pipeline.results import DISCLAIMER
+from legalign.pipeline.safe_text import csv_cell, printable
 
 # Every numeric measurement of pipeline/measure.py, in its order; the plan's post-op keys.
 MEASUREMENT_COLUMNS: tuple[str, ...] = tuple(REQUIRES)
@@ -77,7 +81,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     *[(f"plan_post_{k}", "float") for k in POST_KEYS],
     ("plan_warnings", "string"),
     ("null_reasons", "string"),
+    ("warnings", "string"),
+    ("output_errors", "string"),
     ("model", "string"),
+    ("disclaimer", "string"),
     ("json_path", "string"),
     ("overlay_path", "string"),
     ("sr_path", "string"),
@@ -110,6 +117,10 @@ def rows_for_image(d: dict[str, Any]) -> list[dict[str, Any]]:
         "spacing_source": d.get("spacing_source"),
         "lld_mm": d.get("lld_mm"),
         "model": d.get("model"),
+        "disclaimer": DISCLAIMER,
+        "warnings": "; ".join(d.get("warnings") or []) or None,
+        "output_errors": "; ".join(f"{k}: {v}" for k, v in (d.get("output_errors") or {}).items())
+        or None,
         "n_legs": len(d.get("legs") or []),
         "json_path": outputs.get("json"),
         "overlay_path": outputs.get("overlay"),
@@ -176,30 +187,31 @@ def rows_for_image(d: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cast(value: Any, typ: str) -> Any:
+def _cast(value: Any, typ: str, name: str = "") -> Any:
     if value is None:
         return None
     if typ == "float":
-        return float(value)
+        return round_value(value, name)
     if typ == "int":
         return int(value)
     if typ == "bool":
         return bool(value)
-    return str(value)
+    return printable(value)
 
 
 def _complete(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: _cast(row.get(name), typ) for name, typ in COLUMNS}
+    """Every column, typed; floats rounded (precision.py); strings valid Unicode with
+    control characters escaped (safe_text.py)."""
+    return {name: _cast(row.get(name), typ, name) for name, typ in COLUMNS}
 
 
 def arrow_schema() -> Any:
-
     types = {"string": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
     return pa.schema([(name, types[typ]) for name, typ in COLUMNS])
 
 
 def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+    return temp_name(path)
 
 
 def write_tables(
@@ -214,6 +226,7 @@ def write_tables(
     pq_path, csv_path = out_dir / "results.parquet", out_dir / "results.csv"
     pq_tmp, csv_tmp = _atomic_target(pq_path), _atomic_target(csv_path)
     n = 0
+    schema = schema.with_metadata({"legalign.disclaimer": DISCLAIMER})
     writer = pq.ParquetWriter(str(pq_tmp), schema)
     try:
         with open(csv_tmp, "w", newline="", encoding="utf-8") as fh:
@@ -238,6 +251,10 @@ def _csv_value(v: Any) -> Any:
         return repr(v)
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str):
+        # CSV injection: a spreadsheet would run "=...", "+...", "-...", "@..." as a
+        # formula; csv_cell makes it text (control characters are already escaped)
+        return csv_cell(v)
     return v
 
 

@@ -130,7 +130,6 @@ class PacsRun:
         self.prefix = str(self.retrieved_dir) + os.sep
         self.counts = PacsCounts()
         self.lock = threading.Lock()
-        self.meta: dict[str, Candidate] = {}  # in flight between QIDO and the journal
         self.store_q: queue.Queue[StoreJob | None] = queue.Queue(STORE_QUEUE)
         self.stop_storing = threading.Event()
         self.client: PacsClient | None = None
@@ -195,7 +194,6 @@ class PacsRun:
                             self.counts.skipped_done += 1
                             continue
                         seen.add(k)
-                        self.meta[c.sop] = c
                         window.append((c, pool.submit(self.fetch, c)))
                         while len(window) >= limit:
                             yield self.handed(*window.popleft())
@@ -219,7 +217,6 @@ class PacsRun:
             return fut.result()
         except rt.PacsError as exc:
             self.counts.retrieve_failed += 1
-            self.meta.pop(c.sop, None)
             d = failure_dict(str(staged(self.out, c.sop)), exc.args[0], exc.reason)
             d.update(sop_instance_uid=c.sop, study_instance_uid=c.study)
             d["series_instance_uid"] = c.series
@@ -231,7 +228,6 @@ class PacsRun:
         sop = self.sop_of(str(d.get("file", "")))
         if sop is None:
             return
-        self.meta.pop(sop, None)
         try:
             staged(self.out, sop).unlink()
         except FileNotFoundError:
@@ -264,7 +260,6 @@ class PacsRun:
                 )
 
     def store_one(self, job: StoreJob) -> None:
-
         client = self.client
         assert client is not None
         heads = []
@@ -349,7 +344,6 @@ class PacsRun:
 
     # ------------------------------------------------------------ tables
     def write_tables(self) -> None:
-
         last = self.ledger.last_events()
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

@@ -15,6 +15,7 @@ tifffile, Pillow) are imported on first use.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError
@@ -51,15 +52,21 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     """ "dicom", "png", "jpeg" or "tiff" from the file's first bytes; ``InputError`` otherwise."""
 
     p = _path(path)
-    if os.path.isdir(p):
-        raise NotAnImageError(f"{p}: is a directory, not an image file")
+    check_regular_file(p)
     try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
+        # O_NONBLOCK: should the path have become a FIFO since the check, open returns at once
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise InputError(f"{p}: file not found") from None
     except OSError as exc:
-        raise InputError(f"{p}: cannot open ({type(exc).__name__})") from None
+        raise InputError(f"{p}: cannot open ({exc.strerror or type(exc).__name__})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{p}: not a regular file")
+        try:
+            head = fh.read(132)
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read ({exc.strerror or type(exc).__name__})") from None
     if not head:
         raise InputError(f"{p}: empty file")
     if has_preamble(head):
@@ -71,7 +78,42 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         return "dicom"
     if len(head) < 132 and head.startswith(b"\0" * len(head)):
         raise InputError(f"{p}: truncated file ({len(head)} bytes)")
+    if len(head) == 132 and head.startswith(b"\0" * 128):
+        raise InputError(f"{p}: truncated DICOM file (only the preamble)")
     raise NotAnImageError(f"{p}: not a DICOM, PNG, JPEG or TIFF file")
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular_file(p: str) -> os.stat_result:
+    """``os.stat`` of ``p``, refusing (without opening it) anything but a regular file:
+    FIFOs would block a reader forever, devices never end, a folder is no film."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        what = "broken symbolic link" if os.path.islink(p) else "file not found"
+        raise InputError(f"{p}: {what}") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot access ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.listdir(p)
+        except OSError as exc:
+            raise InputError(
+                f"{p}: folder cannot be listed ({exc.strerror or type(exc).__name__}); "
+                "its films were not processed"
+            ) from None
+        raise NotAnImageError(f"{p}: is a directory, not an image file")
+    for test, what in _SPECIAL:
+        if test(st.st_mode):
+            raise InputError(f"{p}: is {what}, not a regular file (not opened)")
+    return st
 
 
 def read_radiograph(
@@ -79,12 +121,25 @@ def read_radiograph(
     *,
     spacing_override_mm: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: str = "full",
+    overview_height: int | None = None,
 ) -> Radiograph:
-    """Decode one film; ``InputError`` (one line naming the file) when it cannot be used."""
+    """Decode one film; ``InputError`` (one line naming the file) when it cannot be used.
+
+    ``decoder``: "full" (default) decodes every pixel; "auto", "cpu" or "gpu" read JPEG
+    2000, HTJ2K and baseline-JPEG DICOM resolution-progressively: the Radiograph then
+    holds an overview of at least ``overview_height`` rows and a ``source`` that decodes
+    what the locator asks for (see ``pipeline.read.progressive``)."""
     p = _path(path)
     kind = detect_kind(p)
     if kind == "dicom":
-        return read_dicom(p, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
+        return read_dicom(
+            p,
+            spacing_override_mm=spacing_override_mm,
+            max_pixels=max_pixels,
+            decoder=decoder,
+            overview_height=overview_height,
+        )
 
     return read_raster(p, kind, spacing_override_mm=spacing_override_mm, max_pixels=max_pixels)
 
@@ -110,7 +165,7 @@ def _inspect(p: str, max_pixels: int, info: dict[str, Any]) -> None:
     """Fill ``info`` from the header, raising ``InputError`` at the first problem."""
     info["kind"] = kind = detect_kind(p)
     if kind == "dicom":
-        header = read_header(p)
+        header = read_header(p, max_pixels)
         ds = header.ds
         meta = getattr(ds, "file_meta", None)
         tsuid = meta.get("TransferSyntaxUID") if meta is not None else None

@@ -20,18 +20,25 @@ Only file names and UIDs are logged, never patient attributes.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_voi_lut, get_decoder, pixel_array
+from pydicom.uid import ExplicitVRLittleEndian
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError, WrongModalityError
 from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.native_stderr import native_stderr
+from legalign.pipeline.read.progressive import DEFAULT_OVERVIEW_HEIGHT, open_progressive
 from legalign.pipeline.read.spacing import resolve_spacing
 
 log = logging.getLogger(__name__)
@@ -75,13 +82,70 @@ class DicomHeader:
     has_pixel_data: bool  # the file continues with a (7FE0,0010) Pixel Data element
     pixel_length: int | None = None  # declared value length; None when undefined (encapsulated)
     pixel_available: int = 0  # bytes in the file after the Pixel Data element header
+    pixel_offset: int = 0  # where the pixel data's value starts
+    # the data set as decoded bytes when the file is deflated (read from memory, not path)
+    inflated: bytes | None = None
+
+    def source(self, path: str) -> Any:
+        """What to hand pydicom for the full data set: the path, or the inflated bytes."""
+        return io.BytesIO(self.inflated) if self.inflated is not None else path
 
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+DEFLATED_UID = "1.2.840.10008.1.2.1.99"
+# bytes a deflated data set may inflate to beyond the pixels themselves (header, overlays)
+_INFLATE_SLACK = 16 << 20
 
 
-def read_header(path: str) -> DicomHeader:
-    """Parse the data set up to the pixel data; ``InputError`` when it is not readable DICOM."""
+def inflate_budget(max_pixels: int) -> int:
+    """The most bytes a deflated data set may inflate to: ``max_pixels`` worth of the
+    float32 image the reader produces, plus header slack.  A decompression bomb is
+    refused when it crosses this, before more is allocated."""
+    return int(max_pixels) * 4 + _INFLATE_SLACK
+
+
+def _inflated_file(path: str, fh: Any, budget: int) -> bytes | None:
+    """For a Deflated Explicit VR Little Endian file: preamble + meta (now saying explicit
+    VR little endian) + the inflated data set, inflated in bounded steps.  None for any
+    other transfer syntax."""
+    fh.seek(0)
+    head = fh.read(144)
+    if not has_preamble(head) or head[132:136] != b"\x02\x00\x00\x00":
+        return None
+    fh.seek(0)
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - the normal path reports the damage
+        return None
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_UID:
+        return None
+    group_length = int.from_bytes(head[140:144], "little")
+    fh.seek(144 + group_length)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = io.BytesIO()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=False)
+    limit = out.tell() + budget
+    try:
+        while not inflater.eof:
+            chunk = inflater.unconsumed_tail or fh.read(1 << 20)
+            if not chunk:
+                break
+            out.write(inflater.decompress(chunk, 1 << 22))
+            if out.tell() > limit:
+                raise TooLargeError(
+                    f"{path}: deflated data set inflates to more than {budget} bytes "
+                    "(decompression bomb, or a film beyond --max-pixels); refused"
+                )
+    except zlib.error as exc:
+        raise InputError(f"{path}: corrupt deflated data set ({exc})") from None
+    return out.getvalue()
+
+
+def read_header(path: str, max_pixels: int | None = None) -> DicomHeader:
+    """Parse the data set up to the pixel data; ``InputError`` when it is not readable DICOM.
+    A deflated file is inflated in memory, at most ``inflate_budget(max_pixels)`` bytes."""
 
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
@@ -89,7 +153,13 @@ def read_header(path: str) -> DicomHeader:
         raise InputError(f"{path}: file not found") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot open ({one_line(exc)})") from None
+    inflated = None
     with fh:
+        inflated = _inflated_file(path, fh, inflate_budget(max_pixels or 80_000_000))
+        if inflated is not None:
+            fh.close()
+            fh = io.BytesIO(inflated)
+        fh.seek(0)
         head = fh.read(132)
         fh.seek(0)
         force = not has_preamble(head)
@@ -110,7 +180,9 @@ def read_header(path: str) -> DicomHeader:
         size = fh.tell()
         fh.seek(pos)
         element = fh.read(12)
-    header = DicomHeader(ds=ds, file_size=size, has_pixel_data=element[:4] == _PIXEL_DATA_TAG)
+    header = DicomHeader(
+        ds=ds, file_size=size, has_pixel_data=element[:4] == _PIXEL_DATA_TAG, inflated=inflated
+    )
     if header.has_pixel_data:
         try:
             implicit = bool(ds.original_encoding[0])
@@ -124,7 +196,44 @@ def read_header(path: str) -> DicomHeader:
             length, start = 0, size
         header.pixel_length = None if length == 0xFFFFFFFF else length
         header.pixel_available = max(0, size - start)
+        header.pixel_offset = start
     return header
+
+
+def codestream_size(path: str, header: DicomHeader) -> tuple[int, int] | None:
+    """(columns, rows) declared by the first JPEG 2000 / JPEG / JPEG-LS codestream of
+    encapsulated pixel data (read from its first kilobytes, not decoded), or None."""
+    if header.pixel_length is not None or not header.has_pixel_data:
+        return None
+    if header.inflated is not None:
+        head = header.inflated[header.pixel_offset : header.pixel_offset + 65536]
+    else:
+        with open(path, "rb") as fh:
+            fh.seek(header.pixel_offset)
+            head = fh.read(65536)
+    siz = head.find(b"\xff\x4f\xff\x51")  # JPEG 2000: SOC then SIZ
+    if siz >= 0 and len(head) >= siz + 24:
+        b = siz + 2
+        xsiz, ysiz, xo, yo = (
+            int.from_bytes(head[b + 6 + 4 * i : b + 10 + 4 * i], "big") for i in range(4)
+        )
+        return max(0, xsiz - xo), max(0, ysiz - yo)
+    soi = head.find(b"\xff\xd8\xff")  # JPEG / JPEG-LS: walk the markers to the SOF
+    if soi < 0:
+        return None
+    i = soi + 2
+    while i + 9 <= len(head) and head[i] == 0xFF:
+        marker = head[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            rows = int.from_bytes(head[i + 5 : i + 7], "big")
+            cols = int.from_bytes(head[i + 7 : i + 9], "big")
+            return cols, rows
+        i += 2 + length
+    return None
 
 
 def _int(ds: Any, keyword: str, path: str, default: int | None = None) -> int:
@@ -176,7 +285,7 @@ def check_header(header: DicomHeader, path: str, max_pixels: int) -> None:
         raise InputError(f"{path}: invalid image size {cols} x {rows}")
     frames = _int(ds, "NumberOfFrames", path, 1)
     if frames != 1:
-        raise InputError(f"{path}: multi-frame image ({frames} frames); expected one film")
+        raise NotAnImageError(f"{path}: multi-frame image ({frames} frames); expected one film")
     samples = _int(ds, "SamplesPerPixel", path, 1)
     if photometric in _GREY:
         if samples != 1:
@@ -208,6 +317,18 @@ def check_header(header: DicomHeader, path: str, max_pixels: int) -> None:
             raise InputError(
                 f"{path}: truncated file (pixel data {header.pixel_available} of "
                 f"{header.pixel_length} bytes)"
+            )
+    else:
+        declared = codestream_size(path, header)
+        if declared is not None and declared != (cols, rows):
+            w, h = declared
+            if w * h > max_pixels:
+                raise TooLargeError(
+                    f"{path}: image too large (the compressed stream declares {w} x {h} = "
+                    f"{w * h} pixels > max_pixels {max_pixels}; header says {cols} x {rows})"
+                )
+            raise InputError(
+                f"{path}: compressed stream declares {w} x {h} pixels, the header {cols} x {rows}"
             )
 
 
@@ -241,7 +362,6 @@ _PREFERRED_PLUGINS = {
 
 
 def _preferred_plugin(ds: Any) -> str:
-
     meta = getattr(ds, "file_meta", None)
     uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     plugin = _PREFERRED_PLUGINS.get(uid, "")
@@ -257,11 +377,14 @@ def decode(path: str, header: DicomHeader) -> np.ndarray:
     """Decode the single frame; ``InputError`` on any decoder failure."""
 
     ds = header.ds
-    with open(path, "rb") as fh:
-        head = fh.read(132)
+    if header.inflated is not None:
+        head = header.inflated[:132]
+    else:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
     try:
         if has_preamble(head):
-            source: Any = path
+            source: Any = header.source(path)
         else:
             source = pydicom.dcmread(path, force=True)
             if "TransferSyntaxUID" not in source.file_meta:
@@ -275,15 +398,25 @@ def decode(path: str, header: DicomHeader) -> np.ndarray:
                 )
         plugin = _preferred_plugin(ds)
         arr = None
-        if plugin:
-            try:
-                arr = pixel_array(source, decoding_plugin=plugin)
-            except MemoryError:
-                raise
-            except Exception as exc:
-                log.debug("%s: plugin %s failed (%s), trying the others", path, plugin, exc)
-        if arr is None:
-            arr = pixel_array(source)
+        with native_stderr() as messages:
+            if plugin:
+                try:
+                    arr = pixel_array(source, decoding_plugin=plugin)
+                except MemoryError:
+                    raise
+                except Exception as exc:
+                    log.debug("%s: plugin %s failed (%s), trying the others", path, plugin, exc)
+                if hasattr(source, "seek"):
+                    source.seek(0)
+            if arr is None:
+                arr = pixel_array(source)
+        if messages:
+            raise InputError(
+                f"{path}: the decoder reported a damaged stream ({_transfer_syntax_name(ds)}: "
+                f"{messages[0][:120]}); not used"
+            )
+    except InputError:
+        raise
     except MemoryError:
         raise InputError(f"{path}: out of memory decoding {_transfer_syntax_name(ds)}") from None
     except Exception as exc:
@@ -457,19 +590,41 @@ def _str_or_none(ds: Any, keyword: str) -> str | None:
 
 
 def read_dicom(
-    path: str, *, spacing_override_mm: float | None = None, max_pixels: int = 80_000_000
+    path: str,
+    *,
+    spacing_override_mm: float | None = None,
+    max_pixels: int = 80_000_000,
+    decoder: str = "full",
+    overview_height: int | None = None,
 ) -> Radiograph:
-    header = read_header(path)
+    """``decoder`` "full" decodes the whole film (today's path, every syntax); "auto",
+    "cpu" or "gpu" read JPEG 2000 / HTJ2K / baseline JPEG resolution-progressively
+    (``pipeline.read.progressive``; other syntaxes keep the full decode)."""
+    header = read_header(path, max_pixels)
     check_header(header, path, max_pixels)
     ds = header.ds
     spacing, source = resolve_spacing(ds, path, spacing_override_mm)
-    arr = decode(path, header)
-    pixels = to_unit_grey(arr, ds, path)
-    del arr
+    film = None
+    if decoder != "full":
+        film = open_progressive(
+            path,
+            header,
+            decoder=decoder,
+            overview_height=overview_height or DEFAULT_OVERVIEW_HEIGHT,
+        )
+    if film is not None:
+        pixels = film.overview.pixels
+    else:
+        arr = decode(path, header)
+        pixels = to_unit_grey(arr, ds, path)
+        del arr
     modality = str(ds.get("Modality", "") or "").strip().upper() or None
     return Radiograph(
         path=path,
         pixels=pixels,
+        source=film,
+        full_size=(film.height, film.width) if film is not None else None,
+        pixels_matrix=film.overview.matrix if film is not None else None,
         spacing_mm=spacing,
         spacing_source=source,
         mirrored=_mirrored(ds),

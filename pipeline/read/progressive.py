@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from legalign.pipeline.errors import InputError
-from legalign.pipeline.read.codecs.base import CodecError
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def plugin_available(name: str) -> bool:
     return bool(mod.is_available())
 
 
-def _codec_for(name: str, frame: bytes, rows: int, cols: int) -> _Codec | None:
+def _codec_for(name: str, frame: FileFrame, rows: int, cols: int) -> _Codec | None:
     """The codec for this frame, or None when the frame is not one it should decode
     progressively (then the full path decodes it, with its own checks)."""
     from legalign.pipeline.read.codecs.base import j2k_codestream, parse_j2k_header
@@ -169,7 +169,7 @@ def _codec_for(name: str, frame: bytes, rows: int, cols: int) -> _Codec | None:
     return None
 
 
-def _frame_precision_ok(codec: _Codec, frame: bytes, ds: Any) -> bool:
+def _frame_precision_ok(codec: _Codec, frame: FileFrame, ds: Any) -> bool:
     """The codestream's precision and sign agree with Bits Stored / Pixel Representation
     (otherwise the full path, which checks values beyond Bits Stored, decodes it)."""
     from legalign.pipeline.read.codecs.base import j2k_codestream, parse_j2k_header
@@ -194,7 +194,7 @@ class ProgressiveFilm:
     codec_name: str
     overview: LevelImage
     level_margin: int = 1
-    _frame: bytes = field(default=b"", repr=False)
+    _frame: Any = field(default=None, repr=False)  # FileFrame: read from the file on demand
     _codec: Any = field(default=None, repr=False)
     _table: np.ndarray | None = field(default=None, repr=False)
     _table_lo: int = 0
@@ -313,30 +313,35 @@ class ProgressiveFilm:
 
     def warp(self, A: np.ndarray, out_shape: tuple[int, int], border: float = 0.0) -> np.ndarray:
         """What ``models.crops.warp(full_film, A, out_shape, border)`` gives, from the
-        region the output needs at the level its scale allows."""
-        from legalign.models.crops import apply_affine, compose, invert_affine, warp
+        region the output needs at the level its scale allows.
+
+        The full path averages the film over ``f`` x ``f`` blocks, then resamples
+        bilinearly (``crops.warp_plan``).  Here the same blocks are averaged over the level
+        image's bilinear interpolant sampled at every full-resolution pixel (two small
+        matrix products), and the same bilinear step follows: at level 0 this is the full
+        path's result; at a reduced level it differs only where the level's low-pass
+        differs from the film within a block."""
+        from legalign.models.crops import warp_blocks, warp_plan
 
         A = np.asarray(A, dtype=np.float64)
-        out_h, out_w = out_shape
+        plan = warp_plan((self.height, self.width), A, out_shape)
+        if plan is None:
+            return np.full(out_shape, border, dtype=np.float32)
         scale = math.sqrt(abs(float(np.linalg.det(A[:, :2]))))
         level = self.level_for_scale(scale)
-        inv = invert_affine(A)
-        corners = apply_affine(
-            inv,
-            np.array(
-                [[-0.5, -0.5], [out_w - 0.5, -0.5], [-0.5, out_h - 0.5], [out_w - 0.5, out_h - 0.5]]
-            ),
-        )
-        pad = 4 << level  # the resampling and the level's filter support
-        x0 = int(math.floor(corners[:, 0].min())) - pad
-        y0 = int(math.floor(corners[:, 1].min())) - pad
-        x1 = int(math.ceil(corners[:, 0].max())) + pad + 1
-        y1 = int(math.ceil(corners[:, 1].max())) + pad + 1
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self.width, x1), min(self.height, y1)
-        if x1 <= x0 or y1 <= y0:
-            return np.full((out_h, out_w), border, dtype=np.float32)
-        part = self.region(level, (x0, y0, x1, y1))
-        return warp(part.pixels, compose(A, invert_affine(part.matrix)), out_shape, border)
+        pad = 2 << level  # the interpolation's neighbours at that level
+        part = self.region(level, (plan.x0 - pad, plan.y0 - pad, plan.x1 + pad, plan.y1 + pad))
+        blocks = block_means(part.pixels, part.matrix, plan)
+        return warp_blocks(blocks, plan, A, out_shape, border)
+
+    # ------------------------------------------- the coarse-to-fine stage's FilmPixels
+    def whole(self, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The whole film through a letterbox ``matrix`` (served by the overview)."""
+        return self.warp(matrix, size)
+
+    def crop(self, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A crop through ``matrix`` (served by a region decode)."""
+        return self.warp(matrix, size)
 
     # ------------------------------------------------------------------ checks
     def _check_shape(self, raw: np.ndarray, expect: tuple[int, int], level: int) -> None:
@@ -345,6 +350,30 @@ class ProgressiveFilm:
                 f"{self.path}: decoded shape {raw.shape} at level {level} differs from the "
                 f"header's {expect} ({_syntax_name(self.ds)})"
             )
+
+
+def _axis_weights(p0: int, p1: int, f: int, a: float, b: float, n: int) -> np.ndarray:
+    """(blocks, n) weights: the mean over each ``f`` run of full-resolution positions
+    ``p0..p1-1`` of the linear interpolant of ``n`` level samples at ``u = a p + b``."""
+    pos = np.arange(p0, p1, dtype=np.float64)
+    u = np.clip(a * pos + b, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(u).astype(np.int64), max(n - 2, 0))
+    t = u - i0
+    rows = (np.arange(p1 - p0) // f).astype(np.int64)
+    W = np.zeros(((p1 - p0) // f, n), dtype=np.float64)
+    np.add.at(W, (rows, i0), (1.0 - t) / f)
+    if n > 1:
+        np.add.at(W, (rows, i0 + 1), t / f)
+    return W
+
+
+def block_means(level_pixels: np.ndarray, matrix: np.ndarray, plan: Any) -> np.ndarray:
+    """The ``crops.WarpPlan`` region's ``f`` x ``f`` block means, from a level image whose
+    ``matrix`` maps full-resolution pixels to its pixels (float32)."""
+    h, w = level_pixels.shape
+    Wy = _axis_weights(plan.y0, plan.y1, plan.f, matrix[1, 1], matrix[1, 2], h)
+    Wx = _axis_weights(plan.x0, plan.x1, plan.f, matrix[0, 0], matrix[0, 2], w)
+    return (Wy @ level_pixels.astype(np.float64) @ Wx.T).astype(np.float32)
 
 
 def _apply(M: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -357,31 +386,45 @@ def _syntax_name(ds: Any) -> str:
     return uid.name if uid is not None else "implicit VR little endian"
 
 
-def _read_frame(path: str, header: Any) -> bytes:
-    """The single frame's encoded bytes (fragments joined); ``DecodeError`` when the
-    encapsulated pixel data is damaged or truncated."""
-    import pydicom
-    from pydicom.encaps import generate_frames
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQ_END = b"\xfe\xff\xdd\xe0"
 
-    from legalign.pipeline.read.dicom import _ends_with_delimiter, one_line
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        data = ds.PixelData
-        frame = next(generate_frames(data, number_of_frames=1))
-    except Exception as exc:  # noqa: BLE001 - truncated / malformed encapsulation
-        syntax = _syntax_name(header.ds)
-        if header.pixel_length is None and not _ends_with_delimiter(path):
-            raise DecodeError(
-                f"{path}: truncated file (compressed pixel data, {syntax}, has no end delimiter)"
-            ) from None
-        raise DecodeError(f"{path}: cannot read pixel data ({syntax}; {one_line(exc)})") from None
-    if header.pixel_length is None and not _ends_with_delimiter(path):
-        raise DecodeError(
-            f"{path}: truncated file (compressed pixel data, {_syntax_name(header.ds)}, "
-            "has no end delimiter)"
-        )
-    return bytes(frame)
+def _read_frame(path: str, header: Any) -> FileFrame:
+    """The single frame's fragments, located in the file (nothing is loaded); a
+    ``DecodeError`` when the encapsulated pixel data is damaged or truncated."""
+    syntax = _syntax_name(header.ds)
+    truncated = DecodeError(
+        f"{path}: truncated file (compressed pixel data, {syntax}, has no end delimiter)"
+    )
+    if header.pixel_length is not None:
+        raise DecodeError(f"{path}: {syntax} pixel data is not encapsulated")
+    pos = header.file_size - header.pixel_available
+    spans: list[tuple[int, int]] = []
+    first = True
+    with open(path, "rb") as fh:
+        while True:
+            fh.seek(pos)
+            tag = fh.read(8)
+            if len(tag) < 8:
+                raise truncated
+            length = int.from_bytes(tag[4:], "little")
+            if tag[:4] == _SEQ_END:
+                break
+            if tag[:4] != _ITEM or length == 0xFFFFFFFF:
+                raise DecodeError(
+                    f"{path}: cannot read pixel data ({syntax}; malformed fragment item at "
+                    f"byte {pos})"
+                )
+            if pos + 8 + length > header.file_size:
+                raise truncated
+            if not first and length:
+                spans.append((pos + 8, length))
+            first = False  # the first item is the Basic Offset Table
+            pos += 8 + length
+    if not spans:
+        raise DecodeError(f"{path}: cannot read pixel data ({syntax}; no fragments)")
+    return FileFrame(path, tuple(spans))
 
 
 def grey_table(ds: Any, path: str, lo: int, hi: int) -> tuple[np.ndarray, int]:

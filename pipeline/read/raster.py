@@ -28,6 +28,7 @@ from PIL import Image
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError
 from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.native_stderr import native_stderr
 from legalign.pipeline.read.spacing import resolve_spacing
 
 PILLOW_MAX_IMAGE_PIXELS = 200_000_000
@@ -48,7 +49,6 @@ def raster_kind(head: bytes) -> str | None:
 
 
 def _pillow():
-
     Image.MAX_IMAGE_PIXELS = PILLOW_MAX_IMAGE_PIXELS
     return Image
 
@@ -145,7 +145,7 @@ def _read_tiff(path: str) -> np.ndarray:
     leaves to the optional imagecodecs package (LZW, PackBits, JPEG, ...)."""
 
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tifffile.TiffFile(path) as tf, native_stderr() as messages:
             page = tf.pages.first
             photometric = int(page.photometric)
             bits = int(page.bitspersample)
@@ -159,6 +159,10 @@ def _read_tiff(path: str) -> np.ndarray:
         raise InputError(f"{path}: out of memory decoding TIFF") from None
     except Exception as exc:
         raise InputError(f"{path}: cannot decode TIFF ({_short(exc)})") from None
+    if messages:
+        raise InputError(
+            f"{path}: the TIFF decoder reported a damaged file ({messages[0][:120]}); not used"
+        )
     invert = photometric == 0  # MINISWHITE: low values are white
     if img is None:
         img = cv2.imdecode(
@@ -203,7 +207,13 @@ def read_raster(
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({_short(exc)})") from None
         _check_complete(path, kind, data[-64:].tobytes())
-        img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE)
+        with native_stderr() as messages:
+            img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE)
+        if messages:
+            raise InputError(
+                f"{path}: the {kind.upper()} decoder reported a damaged stream "
+                f"({messages[0][:120]}); not used"
+            )
         if img is None:
             raise InputError(f"{path}: cannot decode {kind.upper()} (corrupt file)")
         del data

@@ -14,7 +14,9 @@ Rules, first match wins:
 5. Nothing: ``(None, None)``; mm outputs are then not reported.
 
 Non-isotropic spacing (row and column spacing differ by more than 1 %), zero, negative,
-non-numeric or non-finite values raise ``InputError`` naming the file.
+non-numeric or non-finite values, and a spacing or magnification factor outside the
+plausibility bounds of ``configs/input_limits.yaml`` raise ``InputError`` (reason
+``no_spacing``) naming the file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 from typing import Any
 
 from legalign.pipeline.errors import SpacingError
+from legalign.pipeline.read.limits import InputLimits, default_input_limits
 
 SOURCE_USER = "user"
 SOURCE_PIXEL = "PixelSpacing"
@@ -41,6 +44,15 @@ def _positive(value: Any, path: str, what: str) -> float:
     if not math.isfinite(v) or v <= 0:
         raise SpacingError(f"{path}: {what} must be a positive number, got {value!r}")
     return v
+
+
+def _plausible(value: float, bounds: Any, path: str, what: str) -> float:
+    if value not in bounds:
+        raise SpacingError(
+            f"{path}: implausible {what} {value:.6g} (outside {bounds.min:g}-{bounds.max:g}, "
+            "configs/input_limits.yaml)"
+        )
+    return value
 
 
 def _pair(ds: Any, keyword: str, path: str) -> float | None:
@@ -64,13 +76,27 @@ def _pair(ds: Any, keyword: str, path: str) -> float | None:
             f"{path}: non-isotropic {keyword} {row:g} x {col:g} mm "
             f"(differ by more than {ISOTROPY_TOLERANCE:.0%}); resample the image first"
         )
-    return (row + col) / 2
+    return _plausible(row / 2 + col / 2, default_input_limits().spacing_mm, path, keyword)
 
 
 def resolve_spacing(
-    ds: Any | None, path: str, spacing_override_mm: float | None = None
+    ds: Any | None,
+    path: str,
+    spacing_override_mm: float | None = None,
+    limits: InputLimits | None = None,
 ) -> tuple[float | None, str | None]:
     """(spacing in mm per pixel, source) for a DICOM header ``ds`` (or None for rasters)."""
+    spacing, source = _resolve(ds, path, spacing_override_mm, limits or default_input_limits())
+    if spacing is not None and source != SOURCE_USER:
+        _plausible(
+            spacing, (limits or default_input_limits()).spacing_mm, path, "pixel spacing (mm)"
+        )
+    return spacing, source
+
+
+def _resolve(
+    ds: Any | None, path: str, spacing_override_mm: float | None, limits: InputLimits
+) -> tuple[float | None, str | None]:
     if spacing_override_mm is not None:
         if isinstance(spacing_override_mm, bool):
             raise SpacingError(f"{path}: spacing override must be a number of mm")
@@ -94,5 +120,6 @@ def resolve_spacing(
     mag = ds.get("EstimatedRadiographicMagnificationFactor")
     if mag is not None and mag != "":
         factor = _positive(mag, path, "EstimatedRadiographicMagnificationFactor")
+        _plausible(factor, limits.magnification, path, "EstimatedRadiographicMagnificationFactor")
         return imager / factor, SOURCE_IMAGER_MAG
     return imager, SOURCE_IMAGER

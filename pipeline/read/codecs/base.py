@@ -10,6 +10,66 @@ class CodecError(Exception):
     """A decoder failed on a frame (corrupt, truncated or unsupported stream)."""
 
 
+class FileFrame:
+    """An encoded frame left in its file: the (offset, length) spans of its fragments,
+    read on demand, so that a film's codestream is not held in memory between decodes
+    (``start``/``length`` select a part of the joined fragments, e.g. the codestream
+    inside a JP2 wrapper)."""
+
+    def __init__(
+        self, path: str, spans: tuple[tuple[int, int], ...], start: int = 0, length: int = -1
+    ) -> None:
+        self.path = path
+        self.spans = tuple(spans)
+        total = sum(n for _, n in self.spans)
+        self.start = int(start)
+        self.size = total - self.start if length < 0 else int(length)
+
+    def sub(self, start: int, length: int) -> FileFrame:
+        return FileFrame(self.path, self.spans, self.start + start, length)
+
+    def readinto(self, pos: int, dest: memoryview) -> int:
+        """Fill ``dest`` with bytes ``pos ..`` of the frame (fewer at its end), straight
+        from the file (no intermediate copy); returns the count."""
+        n = max(0, min(len(dest), self.size - pos))
+        done = 0
+        want = self.start + pos
+        with open(self.path, "rb", buffering=0) as fh:
+            for offset, length in self.spans:
+                if done >= n:
+                    break
+                if want >= length:
+                    want -= length
+                    continue
+                fh.seek(offset + want)
+                take = min(length - want, n - done)
+                got = 0
+                while got < take:
+                    k = fh.readinto(dest[done + got : done + take])
+                    if not k:
+                        raise CodecError("file ends inside the pixel data (truncated)")
+                    got += k
+                done += take
+                want = 0
+        return done
+
+    def read(self, pos: int, n: int) -> bytes:
+        """Bytes ``pos .. pos + n`` of the frame (fewer at its end)."""
+        buf = bytearray(max(0, min(n, self.size - pos)))
+        got = self.readinto(pos, memoryview(buf))
+        return bytes(buf[:got]) if got < len(buf) else bytes(buf)
+
+    def head(self, n: int = 1 << 20) -> bytes:
+        return self.read(0, n)
+
+    def tobytes(self) -> bytes:
+        return self.read(0, self.size)
+
+
+def frame_bytes(frame: bytes | FileFrame) -> bytes:
+    return frame.tobytes() if isinstance(frame, FileFrame) else frame
+
+
 @dataclass(frozen=True)
 class J2KHeader:
     """The main header of a JPEG 2000 / HTJ2K codestream (SIZ and COD)."""
@@ -39,22 +99,26 @@ class J2KHeader:
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
-def j2k_codestream(frame: bytes) -> bytes:
+def j2k_codestream(frame: bytes | FileFrame) -> bytes | FileFrame:
     """The raw codestream of a DICOM JPEG 2000 frame (a JP2 wrapper, which some writers
     add against the standard, is removed)."""
-    if frame[:4] == b"\xff\x4f\xff\x51":
+    first = frame.head(1 << 16) if isinstance(frame, FileFrame) else frame
+    total = frame.size if isinstance(frame, FileFrame) else len(frame)
+    if first[:4] == b"\xff\x4f\xff\x51":
         return frame
-    if frame.startswith(_JP2_SIGNATURE):
+    if first.startswith(_JP2_SIGNATURE):
         pos = 0
-        while pos + 8 <= len(frame):
-            size, box = struct.unpack(">I4s", frame[pos : pos + 8])
+        while pos + 8 <= len(first):
+            size, box = struct.unpack(">I4s", first[pos : pos + 8])
             head = 8
             if size == 1:
-                size = struct.unpack(">Q", frame[pos + 8 : pos + 16])[0]
+                size = struct.unpack(">Q", first[pos + 8 : pos + 16])[0]
                 head = 16
             elif size == 0:
-                size = len(frame) - pos
+                size = total - pos
             if box == b"jp2c":
+                if isinstance(frame, FileFrame):
+                    return frame.sub(pos + head, size - head)
                 return frame[pos + head : pos + size]
             if size < head:
                 break
@@ -62,9 +126,11 @@ def j2k_codestream(frame: bytes) -> bytes:
     raise CodecError("not a JPEG 2000 codestream (no SOC/SIZ marker at the start)")
 
 
-def parse_j2k_header(stream: bytes) -> J2KHeader:
+def parse_j2k_header(stream: bytes | FileFrame) -> J2KHeader:
     """SIZ, COD (and COC for component 0, CAP) from the main header; ``CodecError`` when
     the header is malformed."""
+    if isinstance(stream, FileFrame):
+        stream = stream.head()
     if stream[:4] != b"\xff\x4f\xff\x51":
         raise CodecError("not a JPEG 2000 codestream (no SOC/SIZ marker at the start)")
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from legalign.pipeline.read.codecs.base import CodecError
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame, frame_bytes
 
 NAME = "nvimgcodec"
 REGION = True
@@ -53,14 +53,14 @@ def is_available() -> bool:
 
 
 def decode(
-    codestream: bytes, level: int = 0, area: tuple[int, int, int, int] | None = None
+    codestream: bytes | FileFrame, level: int = 0, area: tuple[int, int, int, int] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     nv = _module()
     if nv is None:
         raise CodecError("nvImageCodec with CUDA is not available")
     try:
         params = nv.DecodeParams(allow_any_depth=True, color_spec=nv.ColorSpec.UNCHANGED)
-        stream = nv.CodeStream(codestream)
+        stream = nv.CodeStream(frame_bytes(codestream))
         if area is not None:
             x0, y0, x1, y1 = (int(v) for v in area)
             p = 1 << level

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from legalign.pipeline.read.codecs.base import CodecError
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame
 
 NAME = "openjpeg"
 
@@ -32,6 +32,7 @@ _MSG_CB = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_void_p)
 _READ_CB = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 _SKIP_CB = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
 _SEEK_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
+_END = ctypes.c_size_t(-1).value  # (OPJ_SIZE_T)-1: end of stream
 _OPJ_CODEC_J2K = 0
 _PARAMS_BYTES = 1 << 14  # opj_dparameters_t is about 8.3 kB; only its first fields are set
 
@@ -159,7 +160,7 @@ class _MemoryStream:
     def _read(self, dest: int, n: int, _user: int) -> int:
         left = self.size - self.pos
         if left <= 0:
-            return ctypes.c_size_t(-1).value  # (OPJ_SIZE_T)-1: end of stream
+            return _END
         n = min(n, left)
         ctypes.memmove(dest, self.base + self.pos, n)
         self.pos += n
@@ -178,8 +179,35 @@ class _MemoryStream:
         return 1
 
 
+class _FileStream(_MemoryStream):
+    """The same callbacks over a codestream left in its file (``FileFrame``)."""
+
+    def __init__(self, frame: FileFrame) -> None:  # noqa: D107 - no super(): no bytes
+        self.frame = frame
+        self.size = frame.size
+        self.pos = 0
+        self.read = _READ_CB(self._read)
+        self.skip = _SKIP_CB(self._skip)
+        self.seek = _SEEK_CB(self._seek)
+
+    def _read(self, dest: int, n: int, _user: int) -> int:
+        left = self.size - self.pos
+        if left <= 0:
+            return _END
+        n = min(n, left)
+        view = memoryview((ctypes.c_char * n).from_address(dest)).cast("B")
+        try:
+            got = self.frame.readinto(self.pos, view)
+        except (OSError, CodecError):
+            return _END
+        if not got:
+            return _END
+        self.pos += got
+        return got
+
+
 def decode(
-    codestream: bytes,
+    codestream: bytes | FileFrame,
     level: int = 0,
     area: tuple[int, int, int, int] | None = None,
     *,
@@ -199,7 +227,9 @@ def decode(
         warnings.append(msg.decode("utf-8", "replace").strip())
 
     err_cb, warn_cb, info_cb = _MSG_CB(on_error), _MSG_CB(on_warning), _MSG_CB(lambda m, u: None)
-    mem = _MemoryStream(codestream)
+    mem = (
+        _FileStream(codestream) if isinstance(codestream, FileFrame) else _MemoryStream(codestream)
+    )
     params = ctypes.create_string_buffer(_PARAMS_BYTES)
     stream = lib.opj_stream_create(1 << 20, 1)
     codec = lib.opj_create_decompress(_OPJ_CODEC_J2K)

@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from legalign.pipeline.read.codecs.base import CodecError
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame, frame_bytes
 
 NAME = "pillow-j2k"
 REGION = False  # regions are cut from a whole decoded level
@@ -28,7 +28,7 @@ def is_available() -> bool:
 
 
 def decode(
-    codestream: bytes, level: int = 0, area: tuple[int, int, int, int] | None = None
+    codestream: bytes | FileFrame, level: int = 0, area: tuple[int, int, int, int] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """The whole image at ``level`` (``area`` must be None) and no warnings."""
     if area is not None:
@@ -36,7 +36,7 @@ def decode(
     from PIL import Image, ImageFile
 
     try:
-        im = Image.open(io.BytesIO(codestream), formats=["JPEG2000"])
+        im = Image.open(io.BytesIO(frame_bytes(codestream)), formats=["JPEG2000"])
         w, h = im.size
         if level:
             power = 1 << level

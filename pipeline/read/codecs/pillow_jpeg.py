@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from legalign.pipeline.read.codecs.base import CodecError
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame, frame_bytes
 
 NAME = "pillow-jpeg"
 REGION = False
@@ -32,7 +32,7 @@ def is_available() -> bool:
 
 
 def decode(
-    frame: bytes, level: int = 0, area: tuple[int, int, int, int] | None = None
+    frame: bytes | FileFrame, level: int = 0, area: tuple[int, int, int, int] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """The whole image at ``level`` (0-3) and libjpeg's warnings (e.g. a premature end)."""
     if area is not None:
@@ -45,7 +45,7 @@ def decode(
     try:
         with warnings.catch_warnings(record=True) as got:
             warnings.simplefilter("always")
-            im = Image.open(io.BytesIO(frame), formats=["JPEG"])
+            im = Image.open(io.BytesIO(frame_bytes(frame)), formats=["JPEG"])
             if im.mode != "L":
                 raise CodecError(f"JPEG frame in mode {im.mode}, expected 8-bit grey")
             w, h = im.size
@@ -67,9 +67,11 @@ def decode(
     return arr.astype(np.int32), caught
 
 
-def frame_info(frame: bytes) -> tuple[int, int, int, int, int]:
+def frame_info(frame: bytes | FileFrame) -> tuple[int, int, int, int, int]:
     """(width, height, precision, components, SOF marker) from the JPEG frame header;
     only SOF0/SOF1 (baseline, extended sequential DCT) frames can be DCT-scaled."""
+    if isinstance(frame, FileFrame):
+        frame = frame.head(1 << 16)
     pos = 2
     n = len(frame)
     if frame[:2] != b"\xff\xd8":
