@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from legalign.pipeline.enums import Status
+from legalign.pipeline.enums import Side, Status
 from legalign.pipeline.errors import FailureReason, LegalignError
 from legalign.pipeline.landmark_use import review_reasons, usable_landmarks
 from legalign.pipeline.landmarks import CORE_LANDMARKS, LANDMARK_NAMES, LegLandmarks
@@ -135,7 +135,7 @@ def build_leg(
     core_ok = getattr(meas, "hka_deg", None) is not None
     incomplete = [k for k, v in null_reasons.items() if not v.startswith("no pixel spacing")]
     status = Status.FAILED if not core_ok else (Status.PARTIAL if incomplete else Status.OK)
-    why = review_reasons(unc.intervals, getattr(meas, "hka_deg", None), cfg)
+    to_review = review_reasons(unc.intervals, getattr(meas, "hka_deg", None), cfg)
     return LegResult(
         side=leg.side,
         status=status,
@@ -147,8 +147,8 @@ def build_leg(
         side_source=side_source,
         intervals=unc.intervals,
         interval_level=unc.level,
-        review=bool(why),
-        review_reasons=why,
+        review=bool(to_review),
+        review_reasons=to_review,
     )
 
 
@@ -209,8 +209,9 @@ def result_from_legs(
         # lld_mm as pipeline.measure.measure_film defines it (left minus right leg length),
         # from the legs already measured here
         length = {lr.side: getattr(lr.measurements, "leg_length_mm", None) for lr in leg_results}
-        if length["left"] is not None and length["right"] is not None:
-            lld = float(length["left"] - length["right"])
+        left, right = length[Side.LEFT], length[Side.RIGHT]
+        if left is not None and right is not None:
+            lld = float(left - right)
         else:
             if info.spacing_mm is None:
                 null_reasons["lld_mm"] = "no pixel spacing (angles only)"

@@ -12,8 +12,7 @@ from legalign.pipeline.safe_text import printable
 
 def one_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (at most 300 characters), for result rows."""
-    s = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {s[0] if s else ''}"[:300]
+    return printable(f"{type(exc).__name__}: {str(exc).strip()}")[:300]
 
 
 def failed_result(

@@ -215,9 +215,9 @@ def leg_uncertainty(
     msd = measurement_sds(leg, spacing_mm, sd, geometry_cfg)
     z = cfg.z
     intervals = {
-        k: (float(values[k]) - z * s, float(values[k]) + z * s)
+        k: (float(v) - z * s, float(v) + z * s)
         for k, s in msd.items()
-        if values.get(k) is not None
+        if (v := values.get(k)) is not None
     }
     return LegUncertainty(
         level=cfg.level,

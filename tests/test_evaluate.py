@@ -229,7 +229,6 @@ def test_cli_evaluate_reports_missing_checkpoint(tmp_path):
 
 def test_evaluate_locator_passes_the_seed_to_synthetic_films(monkeypatch):
     """``--seed`` picks the synthetic films (unseen seeds for a model trained on 0-99)."""
-    import legalign.training.datasets as datasets
     from legalign.training import evaluate as ev_mod
 
     opened = []
@@ -246,8 +245,8 @@ def test_evaluate_locator_passes_the_seed_to_synthetic_films(monkeypatch):
         def locate(self, rg):  # pragma: no cover - no films
             return []
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr("legalign.pipeline.locate.Locator", FakeLocator)
+    monkeypatch.setattr(ev_mod, "load_dataset", fake_load)
+    monkeypatch.setattr(ev_mod, "Locator", FakeLocator)
     rep = ev_mod.evaluate_locator("x.pt", "synthetic:3:native", dataset_options={"seed": 7})
     assert opened == [("synthetic:3:native", {"seed": 7})]
     assert rep["dataset_options"] == {"seed": 7}

@@ -152,17 +152,23 @@ def test_cli_export_missing_checkpoint(tmp_path):
 
 
 class _FakeLocator:
+    """Stands in for a Locator: fixed legs per film path (see ``_fake_locate``)."""
+
     def __init__(self, legs_by_path):
         self.legs_by_path = legs_by_path
 
-    def locate(self, rg):
-        return self.legs_by_path[rg.path]
+
+def _fake_locate(locator, radiographs):
+    return [locator.legs_by_path[rg.path] for rg in radiographs]
 
 
-def test_compare_locators_reports_differences_and_mismatches():
+def test_compare_locators_reports_differences_and_mismatches(monkeypatch):
     from legalign.pipeline.landmarks import LegLandmarks
     from legalign.pipeline.radiograph import Radiograph
+    from legalign.training import export as export_mod
     from legalign.training.export import compare_locators
+
+    monkeypatch.setattr(export_mod, "locate_radiographs", _fake_locate)
 
     films = [Radiograph(path=p, pixels=np.zeros((4, 4), np.float32)) for p in ("a", "b", "c")]
     leg = LegLandmarks("right", {"knee_centre": (10.0, 20.0), "ankle_centre": (11.0, 40.0)})

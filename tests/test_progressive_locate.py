@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from legalign.pipeline.api import load_config, load_locator
+from legalign.pipeline.coarse_to_fine import locate_radiographs
 from legalign.pipeline.measure import measure_leg
 from legalign.pipeline.read import read_radiograph
 from legalign.pipeline.read.codecs import openjpeg
@@ -33,8 +34,8 @@ def _agree(locator, path: str, spacing: float) -> dict[str, float]:
     prog = read_radiograph(path, decoder="cpu")
     assert prog.progressive and not full.progressive
     assert (prog.height, prog.width) == (full.height, full.width)
-    a = locator.locate(full)
-    b = locator.locate(prog)
+    a = locate_radiographs(locator, [full])[0]
+    b = locate_radiographs(locator, [prog])[0]
     assert len(a) == len(b) >= 1
     fine = set(locator.spec.fine_landmarks)
     cfg = load_config()

@@ -211,9 +211,15 @@ def test_actor_failures_become_rows_not_dropped_batches(tmp_path, job):
     good = {"info": info, "coarse_input": x, "timings": {}}
     finished = {"path": "/x/done.dcm", "status": "done", "state": b"", "record": '{"file": 1}'}
 
-    # a wrong-shaped input makes the network fail: every film of the batch is a row
-    broken = dict(good, coarse_input=np.zeros((1, 7, 7), np.float32))
-    res = actor(_batch([_row("/x/a.dcm", good), _row("/x/b.dcm", broken), finished]))
+    # a network failure on the batch: every film of the batch is a row
+    predict = actor.locator.predict_coarse
+
+    def failing(batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    actor.locator.predict_coarse = failing
+    res = actor(_batch([_row("/x/a.dcm", good), _row("/x/b.dcm", good), finished]))
+    actor.locator.predict_coarse = predict
     assert list(res["status"]) == ["done"] * 3
     recs = [json.loads(r) for r in res["record"][:2]]
     assert [(r["file"], r["status"], r["error_reason"]) for r in recs] == [

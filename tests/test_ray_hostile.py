@@ -20,14 +20,13 @@ pytest.importorskip("ray.data", reason='ray not installed: pip install -e ".[ray
 
 
 def test_file_time_limit_stops_a_long_read():
-    from legalign.pipeline.engine.ray_engine import FileTimeout, _file_time_limit
+    from legalign.pipeline.engine.ray_engine import _file_time_limit, _FileTimeout
 
     t0 = time.monotonic()
-    with pytest.raises(FileTimeout, match="--file-timeout") as exc:
+    with pytest.raises(_FileTimeout, match="--file-timeout"):
         with _file_time_limit("/x/a.dcm", 0.5):
             while True:
                 sum(range(1000))
-    assert exc.value.reason == "timeout"
     assert time.monotonic() - t0 < 10
     with _file_time_limit("/x/a.dcm", 5.0):  # a quick read is not affected
         pass
@@ -39,9 +38,9 @@ def test_file_time_limit_stops_a_long_read():
     strict=False,
 )
 def test_prepare_stage_turns_a_slow_header_into_a_timeout_row(tmp_path):
-    from legalign.models.spec import LocatorSpec
     from tiny_checkpoint import tiny_spec_dict
 
+    from legalign.models.spec import LocatorSpec
     from legalign.pipeline.engine import ray_engine
     from legalign.pipeline.engine.options import EngineOptions
     from legalign.pipeline.engine.write import SUBDIRS

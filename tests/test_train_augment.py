@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from legalign.pipeline.config_schema import ConfigError
-from legalign.training import train as train_mod
+from legalign.training import engine as engine_mod
 from legalign.training.augment import build_augmentation
 from legalign.training.datasets import SyntheticDataset
-from legalign.training.train import Sampler, load_train_config
+from legalign.training.engine import Sampler
+from legalign.training.train import load_train_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 ONLY_FLIP = {
@@ -48,7 +49,7 @@ def test_sampler_cuts_samples_from_the_augmented_film(tmp_path, monkeypatch):
         seen.append(f)
         return np.zeros((2, 2), np.float32), np.zeros((1, 2, 2), np.float32), np.ones(1)
 
-    monkeypatch.setattr(train_mod, "coarse_sample", capture)
+    monkeypatch.setattr(engine_mod, "coarse_sample", capture)
     sampler = Sampler(
         "coarse",
         [([film], 1.0)],

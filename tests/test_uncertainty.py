@@ -19,7 +19,8 @@ from legalign.pipeline.uncertainty import (
     load_uncertainty_config,
     measurement_sds,
 )
-from legalign.training.calibration import conformal_scale, landmark_scales, readers_part
+from legalign.training.calibration import conformal_scale, landmark_scales
+from legalign.training.readers_eval import readers_part
 
 
 @pytest.fixture(scope="module")

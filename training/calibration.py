@@ -44,21 +44,9 @@ from legalign.pipeline.uncertainty import (
     landmark_sd_px,
     measurement_sds,
 )
-from legalign.training.datasets import load_dataset, split_indices
+from legalign.training.datasets import load_dataset
 from legalign.training.evaluate import match_legs
-from legalign.training.readers_eval import load_angle_truth
-
-
-def readers_part(n_films: int, part: str, fraction: float, seed: int) -> list[int]:
-    """Indices of the ``calibration`` or ``heldout`` films of an angle CSV of ``n_films``
-    films (in CSV order of first appearance), split reproducibly."""
-
-    rest, chosen = split_indices(n_films, fraction, seed)
-    if part == "calibration":
-        return chosen
-    if part == "heldout":
-        return rest
-    raise ValueError(f"part must be 'calibration' or 'heldout', got {part!r}")
+from legalign.training.readers_eval import load_angle_truth, readers_part
 
 
 def landmark_scales(

@@ -535,7 +535,7 @@ def evaluate_films(
 
 
 def evaluate_locator(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     dataset: str | Path,
     out_dir: str | Path | None = None,
     *,

@@ -371,7 +371,7 @@ def letterbox_variants(src, img, cfg: FramingConfig, rng) -> list[tuple[Variant,
 def rotated_variant(src, img, cfg: FramingConfig, rng) -> tuple[Variant, np.ndarray]:
     mag = float(rng.uniform(cfg.rotation.min_deg, cfg.rotation.max_deg))
     angle = mag if rng.random() < 0.5 else -mag
-    A, shape = rotation_matrix(*img.shape, angle)
+    A, shape = rotation_matrix(img.shape[0], img.shape[1], angle)
     v = Variant(
         file=f"rotated/{_stem(src)}_rot{angle:+.1f}.png",
         kind="rotated",

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     truths = load_angle_truth(args.csv)
     locator = Locator.from_checkpoint(args.model)
-    legs, offsets = [], {"condyle midpoint": [], "plateau midpoint": []}
+    legs = []
+    offsets: dict[str, list[float]] = {"condyle midpoint": [], "plateau midpoint": []}
     for path in dict.fromkeys(t.path for t in truths):
         found = locate_radiographs(locator, [radiograph_from(path)])[0]
         for t in (t for t in truths if t.path == path):

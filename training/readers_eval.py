@@ -42,6 +42,7 @@ from legalign.pipeline.api import analyse, load_config, load_locator
 from legalign.pipeline.errors import InputError, LegalignError
 from legalign.pipeline.landmarks import SIDES
 from legalign.pipeline.uncertainty import load_uncertainty_config
+from legalign.training.datasets import split_indices
 from legalign.training.evaluate import bland_altman_plot
 
 ANGLE_COLUMNS: tuple[str, ...] = ("file", "side", "hka_deg")
@@ -96,6 +97,18 @@ def _resolve(csv_path: Path, name: str) -> Path:
         if (base / p).exists():
             return base / p
     return csv_path.parent / p
+
+
+def readers_part(n_films: int, part: str, fraction: float, seed: int) -> list[int]:
+    """Indices of the ``calibration`` or ``heldout`` films of an angle CSV of ``n_films``
+    films (in CSV order of first appearance), split reproducibly."""
+
+    rest, chosen = split_indices(n_films, fraction, seed)
+    if part == "calibration":
+        return chosen
+    if part == "heldout":
+        return rest
+    raise ValueError(f"part must be 'calibration' or 'heldout', got {part!r}")
 
 
 def load_angle_truth(path: str | Path) -> list[AngleTruth]:
@@ -400,9 +413,6 @@ def evaluate_angles(
     if part is not None:
         split = load_uncertainty_config().readers_split
         films = list(dict.fromkeys(t.path for t in truths))
-        # a function-level import: calibration imports this module (load_angle_truth)
-        from legalign.training.calibration import readers_part  # noqa: PLC0415
-
         chosen = {
             films[i] for i in readers_part(len(films), part, split.calibration_fraction, split.seed)
         }

@@ -57,11 +57,11 @@ from legalign.pipeline.engine.options import (
     EXIT_USAGE,
     EngineOptions,
 )
+from legalign.pipeline.engine.pool_start import start_pool_worker
 from legalign.pipeline.engine.shared_memory import SharedFilm, release_shared
 from legalign.pipeline.engine.worker import (
     INIT_ERROR,
     Prepared,
-    init_pool_worker,
     pool_finish,
     pool_full,
     pool_prepare,
@@ -123,8 +123,8 @@ class LocalEngine:
         return ProcessPoolExecutor(
             max_workers=max(1, self.opts.workers),
             mp_context=ctx,
-            initializer=init_pool_worker,
-            initargs=(self.opts, self.mode, os.getpid()),
+            initializer=start_pool_worker,
+            initargs=(os.getpid(), self.opts, self.mode),
         )
 
     # ------------------------------------------------------------ run

@@ -39,7 +39,7 @@ from legalign.pipeline.coarse_to_fine import (
     locate_films,
     radiograph_film,
 )
-from legalign.pipeline.engine.lifecycle import shm_prefix, watch_parent
+from legalign.pipeline.engine.lifecycle import shm_prefix
 from legalign.pipeline.engine.options import EngineOptions
 from legalign.pipeline.engine.shared_memory import to_shared
 from legalign.pipeline.engine.write import finish_outputs
@@ -280,13 +280,11 @@ def fail_and_write(
 _POOL: dict[str, Any] = {}
 
 
-def init_pool_worker(opts: EngineOptions, mode: str, main_pid: int | None = None) -> None:
-    """Pool initialiser.  A failure is not raised (the pool would only see a dead
-    process) but kept: every task answers with it and the main process stops the run.
-    ``main_pid``: the worker dies with that process, even under kill -9."""
+def init_pool_worker(opts: EngineOptions, mode: str) -> None:
+    """Set up this pool worker's context (``pool_start.start_pool_worker`` calls it).
+    A failure is not raised (the pool would only see a dead process) but kept: every
+    task answers with it and the main process stops the run."""
     _POOL.clear()
-    if main_pid is not None:
-        watch_parent(main_pid)
     try:
         _POOL["ctx"] = WorkerContext.create(opts, networks=mode == "worker")
     except Exception as exc:  # noqa: BLE001

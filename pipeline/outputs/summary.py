@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from legalign.pipeline.api import DISCLAIMER
+from legalign.pipeline.results import DISCLAIMER
 from legalign.pipeline.safe_text import printable
 
 EXAMPLES_PER_REASON = 5  # file names listed per failure reason (terminal and summary.json)

@@ -43,7 +43,7 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 class PacsError(Exception):
     """A DICOMweb request that failed for good."""
 
-    def __init__(self, message: str, reason: str, status: int | None = None) -> None:
+    def __init__(self, message: str, reason: FailureReason, status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
@@ -61,7 +61,7 @@ class RetryPolicy:
         ]
 
 
-def classify(exc: BaseException) -> tuple[bool, str, int | None]:
+def classify(exc: BaseException) -> tuple[bool, FailureReason, int | None]:
     """(transient?, reason, HTTP status) of an exception from a request."""
 
     if isinstance(exc, PacsError):

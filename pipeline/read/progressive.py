@@ -46,6 +46,7 @@ import numpy as np
 
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.read.codecs.base import CodecError, FileFrame
+from legalign.pipeline.read.grey import stored_to_unit
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,6 @@ def grey_table(ds: Any, path: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
     """(table, first stored value): stored value -> [0, 1] grey, as the full path maps
     it, for every value a frame of this header can hold; ``lo``..``hi`` is the range of
     the decoded overview (the min-max fallback's range when there is no usable VOI)."""
-    from legalign.pipeline.read.dicom import _stored_to_unit
 
     name, uid = os.path.basename(path), str(ds.get("SOPInstanceUID", ""))
     photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -442,11 +442,11 @@ def grey_table(ds: Any, path: str, lo: int, hi: int) -> tuple[np.ndarray, int]:
     dtype = np.int32
     seen = np.arange(lo, hi + 1, dtype=dtype)
     quiet = logging.getLogger("legalign.pipeline.read.dicom")
-    table_seen = _stored_to_unit(seen, ds, path, photometric, False, name, uid)
+    table_seen = stored_to_unit(seen, ds, path, photometric, False, name, uid)
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the same VOI warnings again would only repeat
     try:
-        table_full = _stored_to_unit(
+        table_full = stored_to_unit(
             np.arange(full_lo, full_hi + 1, dtype=dtype), ds, path, photometric, False, name, uid
         )
     finally:

@@ -110,14 +110,14 @@ def export_reviewed(service: ReviewService, out: Path) -> dict[str, Any]:
                 counts["legs_unreviewed"] += 1
         # --- the results table: every film, reviewed values and review columns
         for row in rows_for_image(current):
-            st = leg_states.get(row.get("side")) if row.get("side") else None
+            row_state = leg_states.get(row["side"]) if row.get("side") else None
             row.update(
-                review_state=st.state if st else None,
-                review_reason=st.reason if st else None,
-                reviewer=st.reviewer if st else None,
-                reviewed_at=st.updated_at if st else None,
-                review_version=st.version if st else None,
-                amended_landmarks=";".join(sorted(st.points)) or None if st else None,
+                review_state=row_state.state if row_state else None,
+                review_reason=row_state.reason if row_state else None,
+                reviewer=row_state.reviewer if row_state else None,
+                reviewed_at=row_state.updated_at if row_state else None,
+                review_version=row_state.version if row_state else None,
+                amended_landmarks=";".join(sorted(row_state.points)) or None if row_state else None,
             )
             rows.append(row)
         # --- COCO: films whose every leg is accepted or amended

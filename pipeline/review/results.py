@@ -116,7 +116,8 @@ class ResultsFolder:
         if lo is None and hi is None and iv is not None and len(iv) == 2:
             lo, hi = iv
         if lo is None and hi is None:
-            extra = self.table_extra.get((str(film.result.get("file")), leg.get("side")), {})
+            key = (str(film.result.get("file")), str(leg.get("side")))
+            extra = self.table_extra.get(key, {})
             lo, hi = extra.get("hka_deg_lo"), extra.get("hka_deg_hi")
         return _num(lo), _num(hi)
 

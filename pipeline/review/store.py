@@ -191,9 +191,9 @@ class ReviewStore:
         self,
         leg_id: str,
         *,
-        expected_version: int,
+        expected_version: object,  # checked here: an int
         action: str,
-        reviewer: str,
+        reviewer: object,  # checked here: check_reviewer
         points: dict[str, list[float]] | None = None,
         reason: str | None = None,
     ) -> LegState:
