@@ -151,6 +151,7 @@ def test_journal_repair_and_latest(tmp_path):
 
 
 # ----------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_run_dicom_archive_records_failures_and_resumes(tmp_path, archive, tiny_ckpt):
     import pandas as pd
 
@@ -207,6 +208,7 @@ def _shm_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
 
 
+@pytest.mark.slow
 def test_run_main_mode_batches_in_main_process(tmp_path, archive, tiny_ckpt):
     root, good, _ = archive
     out = tmp_path / "out"
@@ -234,6 +236,7 @@ def test_run_main_mode_batches_in_main_process(tmp_path, archive, tiny_ckpt):
     assert _shm_segments() <= before  # every film's shared memory released
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_every_file_exactly_once(tmp_path, tiny_ckpt):
     src = tmp_path / "films"
     src.mkdir()
@@ -295,19 +298,26 @@ def test_sigkill_then_rerun_gives_every_file_exactly_once(tmp_path, tiny_ckpt):
     assert leftovers == []
 
 
-def test_exit_codes(tmp_path, tiny_ckpt):
+def test_exit_codes(tmp_path, tiny_ckpt, capsys):
+    from legalign.pipeline.cli import main
+
+    def run(*args):
+        code = main(["run", *map(str, args)])
+        return code, capsys.readouterr().err
+
     empty = tmp_path / "empty"
     empty.mkdir()
-    nothing = _run([empty, "--out", tmp_path / "o1", "--model", tiny_ckpt, "--no-progress"])
-    assert nothing.returncode == 2 and "no input files found" in nothing.stderr
-    missing = _run([empty, "--out", tmp_path / "o2", "--model", tmp_path / "nope.pt"])
-    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    code, err = run(empty, "--out", tmp_path / "o1", "--model", tiny_ckpt, "--no-progress")
+    assert code == 2 and "no input files found" in err
+    code, err = run(empty, "--out", tmp_path / "o2", "--model", tmp_path / "nope.pt")
+    assert code == 2 and "checkpoint not found" in err
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text("landmarks:\n  low_confidence: 2.0\n")
-    cfg = _run([empty, "--out", tmp_path / "o3", "--model", tiny_ckpt, "--config", bad_cfg])
-    assert cfg.returncode == 2 and "low_confidence" in cfg.stderr
-    usage = _run([empty, "--out", tmp_path / "o4", "--spacing", "-1"])
-    assert usage.returncode == 2
+    code, err = run(empty, "--out", tmp_path / "o3", "--model", tiny_ckpt, "--config", bad_cfg)
+    assert code == 2 and "low_confidence" in err
+    with pytest.raises(SystemExit) as exc:  # argparse: a negative --spacing
+        run(empty, "--out", tmp_path / "o4", "--spacing", "-1")
+    assert exc.value.code == 2
 
 
 def test_huge_and_missing_spacing_are_recorded_failures(tmp_path, tiny_ckpt):

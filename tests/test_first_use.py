@@ -23,58 +23,81 @@ def _cli(*args, timeout=120, **kw):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def test_argument_errors_are_one_line(tmp_path):
+def _main(capsys, *args):
+    """``legalign ARGS`` in this process (the console script's own ``main``): exit code,
+    stdout, stderr.  Argument errors exit through argparse's SystemExit."""
+    from legalign.pipeline.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_argument_errors_are_one_line(tmp_path, capsys):
     for args in (
         ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "zero"],
         ["run", str(tmp_path)],  # --out missing
         ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--mode", "gpu"],
         ["nosuchcommand"],
     ):
-        proc = _cli(*args)
-        assert proc.returncode == 2, args
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "error:" in lines[0] and "usage:" not in proc.stderr, lines
+        code, _, err = _main(capsys, *args)
+        assert code == 2, args
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "error:" in lines[0] and "usage:" not in err, lines
 
 
-def test_missing_input_is_not_found_exit_2_quickly(tmp_path):
-    t0 = time.monotonic()
-    proc = _cli("run", tmp_path / "no" / "such" / "path", "--out", tmp_path / "r")
+def test_argument_error_from_the_console_entry_point(tmp_path):
+    """The same through ``python -m legalign.pipeline.cli`` (a fresh process)."""
+    proc = _cli("run", tmp_path, "--out", tmp_path / "o", "--workers", "zero")
     assert proc.returncode == 2
-    assert "not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "usage:" not in proc.stderr, lines
+
+
+def test_missing_input_is_not_found_exit_2_quickly(tmp_path, capsys):
+    t0 = time.monotonic()
+    code, _, err = _main(capsys, "run", tmp_path / "no" / "such" / "path", "--out", tmp_path / "r")
+    assert code == 2
+    assert "not found" in err and len(err.strip().splitlines()) == 1
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "r").exists()
 
 
-def test_empty_input_folder_warns_and_exits_2(tmp_path):
+def test_empty_input_folder_warns_and_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "annotations.json").write_text("{}")
-    proc = _cli("run", tmp_path / "empty", "--out", tmp_path / "r")
-    assert proc.returncode == 2
-    assert "no input files found" in proc.stderr
+    code, _, err = _main(capsys, "run", tmp_path / "empty", "--out", tmp_path / "r")
+    assert code == 2
+    assert "no input files found" in err
     assert not (tmp_path / "r").exists()
 
 
-def test_unusable_model_fails_before_creating_output(tmp_path):
+def test_unusable_model_fails_before_creating_output(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.dcm").write_bytes(b"x")
-    proc = _cli("run", tmp_path / "in", "--out", tmp_path / "r", "--model", "/nope.pt")
-    assert proc.returncode == 2
-    assert "/nope.pt" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "r").exists()
-    proc = _cli("run", tmp_path / "in", "--out", tmp_path / "r", "--spacing", "40")
-    assert proc.returncode == 2 and "implausible" in proc.stderr
-    assert not (tmp_path / "r").exists()
-
-
-def test_evaluate_accepts_default_and_warns_on_training_seeds(tmp_path):
-    proc = _cli("evaluate", "default", "synthetic:1:small", "--limit", "1", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "training data" in proc.stderr  # seeds 0.. are the default model's training films
-    proc = _cli(
-        "evaluate", "default", "synthetic:1:small", "--seed", "1000000", "--limit", "1", timeout=300
+    code, _, err = _main(
+        capsys, "run", tmp_path / "in", "--out", tmp_path / "r", "--model", "/nope.pt"
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "training data" not in proc.stderr
+    assert code == 2
+    assert "/nope.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    code, _, err = _main(capsys, "run", tmp_path / "in", "--out", tmp_path / "r", "--spacing", "40")
+    assert code == 2 and "implausible" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_accepts_default_and_warns_on_training_seeds(tmp_path, capsys):
+    code, _, err = _main(capsys, "evaluate", "default", "synthetic:1:small", "--limit", "1")
+    assert code == 0, err[-2000:]
+    assert "training data" in err  # seeds 0.. are the default model's training films
+    code, _, err = _main(
+        capsys, "evaluate", "default", "synthetic:1:small", "--seed", "1000000", "--limit", "1"
+    )
+    assert code == 0, err[-2000:]
+    assert "training data" not in err
 
 
 def test_synth_default_seed_films_are_not_training_films():
@@ -96,6 +119,7 @@ def test_synth_default_seed_films_are_not_training_films():
     assert not {film_seed(0, i) for i in range(10_000)} & used
 
 
+@pytest.mark.slow
 def test_export_without_its_extra_names_the_fix(tmp_path):
     """With onnxscript missing (hidden by a sitecustomize that blocks its import), the
     ONNX export refuses up front with the pip command, and writes nothing."""

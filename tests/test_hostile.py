@@ -60,6 +60,7 @@ def hostile(tmp_path_factory):
     return corpus, proc, out, records
 
 
+@pytest.mark.slow
 def test_corpus_is_large_and_covers_the_reasons(hostile):
     corpus, *_ = hostile
     assert len(corpus.cases) >= 60
@@ -91,6 +92,7 @@ KNOWN_REGRESSIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(reason="open regression: a noise film yields a low-confidence leg", strict=False)
 def test_known_regressions_give_their_expected_reason(hostile):
     corpus, _, _, records = hostile
@@ -100,6 +102,7 @@ def test_known_regressions_give_their_expected_reason(hostile):
             assert rec.get("error_reason") == KNOWN_REGRESSIONS[case.name], case.name
 
 
+@pytest.mark.slow
 def test_every_case_becomes_its_expected_row(hostile):
     corpus, _, out, records = hostile
     problems = []
@@ -305,6 +308,7 @@ def _records(out):
     return {r["file"]: r for r in Journal(out).latest_records()}
 
 
+@pytest.mark.slow
 def test_a_header_that_never_finishes_parsing_is_a_timeout_row(engine_cases, tmp_path):
     bomb, good = engine_cases
     out = tmp_path / "out"
@@ -329,6 +333,7 @@ def test_a_header_that_never_finishes_parsing_is_a_timeout_row(engine_cases, tmp
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_file_that_keeps_killing_its_worker_is_a_worker_crashed_row(engine_cases, tmp_path):
     """A decoder crash ends the worker process the way SIGKILL does: the file is retried
     alone, and when its worker dies again it becomes a worker_crashed row."""

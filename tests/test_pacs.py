@@ -247,6 +247,7 @@ def test_retrieval_5xx_becomes_rows_and_rerun_retries_them(films, tmp_path, caps
         assert len(lines) == len(films) and all(ln.startswith("process\t") for ln in lines), dry
 
 
+@pytest.mark.slow
 def test_store_4xx_and_silent_200_are_rows_not_crashes(films, tmp_path):
     import csv
 

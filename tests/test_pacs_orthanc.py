@@ -98,6 +98,7 @@ def _ledger(out):
     return [json.loads(ln) for ln in (out / "pacs_ledger.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_round_trip_results_in_their_studies_then_nothing_new(archive, films, tmp_path, capsys):
     import pandas as pd
 

@@ -60,6 +60,7 @@ def _check(worst: dict[str, float]) -> None:
     assert worst["hka"] <= HKA_TOLERANCE_DEG, worst
 
 
+@pytest.mark.slow
 def test_native_j2k_film_same_landmarks(tmp_path, locator):
     film = generate_film(2001, size="native")
     path = tmp_path / "native.dcm"

@@ -120,6 +120,7 @@ def _files(out: Path) -> list[str]:
     "the local run has no HKA to compare against (test precondition, not a Ray mismatch)",
     strict=False,
 )
+@pytest.mark.slow
 def test_ray_engine_resumes_and_matches_local_engine(tmp_path, job, local_ray, fine_iterations):
     """Ray: a first run stopped after 3 files, a second run resumes (skips them); the
     result is the local engine's, row for row, JSON for JSON, file for file.  (Two fine

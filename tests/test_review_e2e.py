@@ -73,6 +73,7 @@ def _wait(fn, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
+@pytest.mark.slow
 def test_drag_accept_reload_in_headless_chromium(tmp_path):
     _need_browser()
     from selenium.common.exceptions import StaleElementReferenceException

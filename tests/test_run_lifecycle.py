@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# subprocess runs that start worker pools and kill them: the slow step of .ci/run
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -22,6 +22,7 @@ from legalign.training.train import load_train_config, train
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 
 
+@pytest.mark.slow
 def test_smoke_training_loss_falls(tmp_path):
     cfg = load_train_config(SMOKE)
     torch.set_num_threads(2)
@@ -44,6 +45,7 @@ def test_smoke_training_loss_falls(tmp_path):
     assert isinstance(locate_radiographs(loc, [Radiograph(path="r", pixels=film)])[0], list)
 
 
+@pytest.mark.slow
 def test_resume_continues_after_interruption(tmp_path, monkeypatch):
     cfg = load_train_config(SMOKE)
     cfg.stages = ["coarse"]

@@ -82,6 +82,7 @@ def test_hka_sd_matches_the_analytic_propagation_for_a_straight_leg():
     assert "mpta_deg" not in sd  # needs the plateau points, which have no SD here
 
 
+@pytest.mark.slow
 def test_propagation_agrees_with_monte_carlo():
     leg = build_leg(hka=-6.0, mpta=84.0, jlca=1.5, femur_px=450, tibia_px=380)
     sds = dict.fromkeys(leg.points, 2.0)
