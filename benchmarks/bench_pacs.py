@@ -5,7 +5,7 @@
 
 Makes ``--n`` native-size uncompressed 16-bit DX films (one study each; the same films
 and folder as benchmarks/bench_run.py), starts a throw-away Orthanc with the DICOMweb
-plugin on loopback (pipeline.pacs.testing; needs Debian's orthanc + orthanc-dicomweb),
+plugin on loopback (tests/orthanc_server.py; needs Debian's orthanc + orthanc-dicomweb),
 uploads them, then times, each in a fresh process with every output written:
 
 - ``legalign run DATA --out A`` (films from disk);
@@ -65,7 +65,9 @@ def main() -> int:
 
     from bench_run import make_films
 
-    from legalign.pipeline.pacs.testing import OrthancServer
+    # the test suite's throw-away Orthanc (test support lives under tests/)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from orthanc_server import OrthancServer
 
     data = Path(a.data)
     films = make_films(data, {"uncompressed": a.n})["uncompressed"][: a.n]

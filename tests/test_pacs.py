@@ -198,7 +198,7 @@ def test_retrieve_streams_the_exact_file_and_sends_bearer(films, tmp_path):
 
 
 def test_unreachable_and_timeout_give_reasons(films, tmp_path):
-    from legalign.pipeline.pacs.testing import free_port
+    from orthanc_server import free_port
 
     c = _client(f"http://127.0.0.1:{free_port()}/dicom-web")
     with pytest.raises(rt.PacsError) as e:

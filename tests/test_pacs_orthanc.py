@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
-from legalign.pipeline.pacs.testing import OrthancServer, find_orthanc
+from orthanc_server import OrthancServer, find_orthanc
 
 USER, SECRET = "legalign", "0rthanc-T3st-Secret"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
