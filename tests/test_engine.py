@@ -320,6 +320,7 @@ def test_exit_codes(tmp_path, tiny_ckpt, capsys):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_huge_and_missing_spacing_are_recorded_failures(tmp_path, tiny_ckpt):
     import cv2
 

@@ -75,6 +75,7 @@ def test_corpus_is_large_and_covers_the_reasons(hostile):
     assert not missing, missing
 
 
+@pytest.mark.slow
 def test_run_ends_with_exit_3_and_no_traceback(hostile):
     _, proc, out, _ = hostile
     assert proc.returncode == 3, proc.stderr[-3000:]

@@ -162,6 +162,7 @@ def test_ray_engine_resumes_and_matches_local_engine(tmp_path, job, local_ray, f
 
 
 # ----------------------------------------------------------------- without ray
+@pytest.mark.slow
 def test_engine_ray_without_ray_is_a_one_line_install_hint(tmp_path):
     code = (
         "import sys; sys.modules['ray'] = None; sys.modules['ray.data'] = None\n"

@@ -351,6 +351,7 @@ def test_first_view_of_a_3000_by_7000_film_is_fast(tmp_path):
     assert warm < 1.0 and next_crop < 1.0
 
 
+@pytest.mark.slow
 def test_killed_server_loses_no_saved_change_and_logs_no_patient_data(run, tmp_path):
     port = free_port()
     log = tmp_path / "server.log"
