@@ -103,15 +103,13 @@ def end_to_end(files: list[Path], workers: int, decoder: str, out: Path) -> dict
             return pool
 
     engine = Timed([str(list_file)], opts)
-    owner = engine.book if hasattr(engine, "book") else engine
-    name = "record" if hasattr(engine, "book") else "_record"
-    original = getattr(owner, name)
+    original = engine.book.record
 
     def record(d, *a, **k):
         original(d, *a, **k)
         marks["last"] = time.perf_counter()
 
-    setattr(owner, name, record)
+    engine.book.record = record  # type: ignore[method-assign]
     t0 = time.perf_counter()
     code = engine.run()
     wall = time.perf_counter() - t0
@@ -134,6 +132,7 @@ import json, resource, sys, tracemalloc
 import torch
 torch.set_num_threads(1)
 from legalign.pipeline.api import load_locator
+from legalign.pipeline.coarse_to_fine import locate_radiographs
 from legalign.pipeline.outputs.overlay import thumbnail
 from legalign.pipeline.read import read_radiograph
 path, warm, decoder = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -141,7 +140,7 @@ loc = load_locator(None)
 def one(p):
     rad = read_radiograph(p, decoder=decoder)
     thumb = thumbnail(rad.pixels, 2048)
-    legs = loc.locate(rad)
+    legs = locate_radiographs(loc, [rad])[0]
     return len(legs), thumb.shape
 one(warm)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

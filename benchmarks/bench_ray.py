@@ -39,13 +39,13 @@ import bench_run  # noqa: E402  (benchmarks/bench_run.py: films and model)
 def timed_run(engine, n: int) -> dict:
     """Run an engine, stamping each journalled film."""
     stamps: list[float] = []
-    record = engine._record
+    record = engine.book.record
 
     def stamped(d):
         record(d)
         stamps.append(time.perf_counter())
 
-    engine._record = stamped
+    engine.book.record = stamped
     t0 = time.perf_counter()
     code = engine.run()
     wall = time.perf_counter() - t0
