@@ -75,11 +75,17 @@ def build_leg(
     side_source: str | None = None,
     film_size: tuple[int, int] | None = None,
     uncertainty: Any = None,
+    *,
+    strict: bool = False,
 ) -> LegResult:
     """Measure from every usable landmark (pipeline/landmark_use.py: not outside the film
     ``film_size`` = (width, height), not unusable), attach error radii and intervals
     (``uncertainty``: an ``UncertaintyConfig``, default configs/uncertainty.yaml), flag
-    the leg for review when its HKA interval is wide, plan, and explain every null."""
+    the leg for review when its HKA interval is wide, plan, and explain every null.
+
+    ``strict`` (``legalign measure``, landmarks given by a person or a program): landmarks
+    a measurement cannot use (``InputError``) and a plan that cannot reach its target
+    (``PlanningError``) raise instead of becoming null values with a reason."""
 
     uncertainty = uncertainty or load_uncertainty_config()
     width, height = film_size if film_size is not None else (None, None)
@@ -90,6 +96,8 @@ def build_leg(
     try:
         meas = measure_leg(used_leg, spacing_mm, cfg)
     except LegalignError as exc:  # e.g. two landmarks that define a line coincide
+        if strict:
+            raise
         why = str(exc).splitlines()[0]
         meas = LegMeasurements(null_reasons={k: why for k in MEASUREMENT_KEYS})
     values = measurement_values(meas)
@@ -129,6 +137,8 @@ def build_leg(
     try:
         plan = plan_leg(used_leg, meas, spacing_mm, cfg, low_confidence=tuple(sorted(low)))
     except LegalignError as exc:
+        if strict:
+            raise
         null_reasons["plan"] = str(exc).splitlines()[0]
     if plan is not None and (plan.indicated is None or (plan.indicated and plan.level is None)):
         null_reasons["plan"] = plan.reason
@@ -150,6 +160,27 @@ def build_leg(
         review=bool(to_review),
         review_reasons=to_review,
     )
+
+
+def leg_length_discrepancy(
+    leg_results: list[LegResult], spacing_mm: float | None
+) -> tuple[float | None, str | None]:
+    """(lld_mm, None): the left leg's length minus the right's on a bilateral film, or
+    (None, why not)."""
+    if {lr.side for lr in leg_results} != {Side.LEFT, Side.RIGHT} or len(leg_results) != 2:
+        return None, "single leg on the film" if len(leg_results) < 2 else "not a bilateral film"
+    length = {lr.side: getattr(lr.measurements, "leg_length_mm", None) for lr in leg_results}
+    left, right = length[Side.LEFT], length[Side.RIGHT]
+    if left is not None and right is not None:
+        return float(left - right), None
+    if spacing_mm is None:
+        return None, "no pixel spacing (angles only)"
+    why = [
+        f"{lr.side}: {lr.null_reasons['leg_length_mm']}"
+        for lr in leg_results
+        if "leg_length_mm" in lr.null_reasons
+    ]
+    return None, "; ".join(why) or "not computable"
 
 
 def result_from_legs(
@@ -203,27 +234,9 @@ def result_from_legs(
             **base,
         )
     null_reasons: dict[str, str] = {}
-    lld = None
-    sides = {lr.side for lr in leg_results}
-    if sides == {"left", "right"}:
-        # lld_mm as pipeline.measure.measure_film defines it (left minus right leg length),
-        # from the legs already measured here
-        length = {lr.side: getattr(lr.measurements, "leg_length_mm", None) for lr in leg_results}
-        left, right = length[Side.LEFT], length[Side.RIGHT]
-        if left is not None and right is not None:
-            lld = float(left - right)
-        else:
-            if info.spacing_mm is None:
-                null_reasons["lld_mm"] = "no pixel spacing (angles only)"
-            else:
-                why = [
-                    f"{lr.side}: {lr.null_reasons['leg_length_mm']}"
-                    for lr in leg_results
-                    if "leg_length_mm" in lr.null_reasons
-                ]
-                null_reasons["lld_mm"] = "; ".join(why) or "not computable"
-    else:
-        null_reasons["lld_mm"] = "single leg on the film"
+    lld, why_not = leg_length_discrepancy(leg_results, info.spacing_mm)
+    if why_not is not None:
+        null_reasons["lld_mm"] = why_not
     status = Status.OK if all(lr.status is Status.OK for lr in leg_results) else Status.PARTIAL
     return ImageResult(
         status=status, legs=leg_results, lld_mm=lld, null_reasons=null_reasons, **base

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from legalign.pipeline.enums import Side
 from legalign.pipeline.geometry import (
     angle_between_deg,
     check_distinct,
@@ -81,15 +80,6 @@ class LegMeasurements:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class FilmMeasurements:
-    """Per-film result: the legs' measurements and the leg-length discrepancy."""
-
-    legs: list[tuple[LegLandmarks, LegMeasurements]]
-    lld_mm: float | None
-    lld_null_reason: str | None = None
 
 
 def _hka_category(hka: float, cfg: GeometryConfig) -> str:
@@ -160,27 +150,3 @@ def measure_leg(
     if m.hka_deg is None:
         m.null_reasons["category"] = m.null_reasons["hka_deg"]
     return m
-
-
-def measure_film(
-    legs: list[LegLandmarks],
-    spacing_mm: float | None,
-    cfg: GeometryConfig | None = None,
-) -> FilmMeasurements:
-    """Measure every leg of a film and, for a bilateral film, the leg-length discrepancy."""
-    cfg = cfg or load_geometry_config()
-    measured = [(leg, measure_leg(leg, spacing_mm, cfg)) for leg in legs]
-    by_side = {leg.side: m for leg, m in measured}
-    lld, reason = None, None
-    if len(legs) != 2 or set(by_side) != {Side.LEFT, Side.RIGHT}:
-        reason = "not a bilateral film"
-    else:
-        left, right = by_side[Side.LEFT], by_side[Side.RIGHT]
-        if left.leg_length_mm is None or right.leg_length_mm is None:
-            reason = "leg length unavailable: " + (
-                left.null_reasons.get("leg_length_mm")
-                or right.null_reasons.get("leg_length_mm", "")
-            )
-        else:
-            lld = left.leg_length_mm - right.leg_length_mm
-    return FilmMeasurements(legs=measured, lld_mm=lld, lld_null_reason=reason)

@@ -8,7 +8,7 @@ from leg_builder import build_leg
 
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LegLandmarks
-from legalign.pipeline.measure import measure_film, measure_leg
+from legalign.pipeline.measure import measure_leg
 
 CASES = [
     dict(hka=0.0, mpta=87.0, jlca=0.0),
@@ -101,14 +101,20 @@ def test_coincident_points_are_an_error():
 
 
 def test_leg_length_discrepancy_left_minus_right():
+    from legalign.pipeline.assemble import build_leg as assemble_leg
+    from legalign.pipeline.assemble import leg_length_discrepancy
+    from legalign.pipeline.geometry_config import load_geometry_config
+
+    cfg = load_geometry_config()
     right = build_leg(side="right", femur_px=3000, tibia_px=2500)
     left = build_leg(side="left", femur_px=3100, tibia_px=2500, origin=(1900, 400))
-    film = measure_film([right, left], 0.1)
-    by_side = {leg.side: m for leg, m in film.legs}
-    assert film.lld_mm == pytest.approx(
-        by_side["left"].leg_length_mm - by_side["right"].leg_length_mm
-    )
-    assert film.lld_mm > 0
-    single = measure_film([right], 0.1)
-    assert single.lld_mm is None and single.lld_null_reason == "not a bilateral film"
-    assert measure_film([right, left], None).lld_mm is None
+    legs = [assemble_leg(leg, 0.1, cfg) for leg in (right, left)]
+    lld, why_not = leg_length_discrepancy(legs, 0.1)
+    by_side = {lr.side: lr.measurements for lr in legs}
+    assert why_not is None
+    assert lld == pytest.approx(by_side["left"].leg_length_mm - by_side["right"].leg_length_mm)
+    assert lld > 0
+    assert leg_length_discrepancy(legs[:1], 0.1) == (None, "single leg on the film")
+    assert leg_length_discrepancy([legs[0], legs[0]], 0.1) == (None, "not a bilateral film")
+    angles_only = [assemble_leg(leg, None, cfg) for leg in (right, left)]
+    assert leg_length_discrepancy(angles_only, None) == (None, "no pixel spacing (angles only)")
