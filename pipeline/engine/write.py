@@ -75,10 +75,10 @@ def finish_outputs(
                 d["warnings"] = warnings
         # deterministic UIDs per (source SOP instance, kind): a re-run replaces, not adds
         src_uid = str(getattr(header, "SOPInstanceUID", d["file"]))
-        builders = {
-            "sr": lambda **uids: build_sr(d, source, **uids),
-            "sc": lambda **uids: build_sc(rgb, source, **uids),
-        }
+        builders: dict[str, Any] = {"sr": lambda **uids: build_sr(d, source, **uids)}
+        if rgb is not None:
+            overlay_rgb = rgb
+            builders["sc"] = lambda **uids: build_sc(overlay_rgb, source, **uids)
         for kind in kinds:
             try:
                 ds = builders[kind](
