@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -41,13 +42,39 @@ from legalign.models.crops import (
     leg_scale,
     letterbox_matrix,
 )
+from legalign.pipeline.config_schema import ConfigError, load_config
 from legalign.pipeline.enums import Side
 from legalign.pipeline.landmarks import LegLandmarks
+
+DEFAULT_LOCATOR_RULES = "locator.yaml"
+# the joints a coarse leg is grouped from (knee -> head above it -> ankle below it)
+JOINTS = ("femoral_head", "knee_centre", "ankle_centre")
 
 # below this coarse peak the trochanter is not trusted to give the medial direction
 _TROCHANTER_MIN_CONF = 0.2
 # a fine answer below this confidence falls back to the coarse answer (when there is one)
 _FINE_MIN_CONF = 0.1
+
+
+@dataclass(frozen=True)
+class LocatorRules:
+    """Run-time rules of the coarse stage (``configs/locator.yaml``)."""
+
+    # a coarse leg counts when its joint peaks (head + knee + ankle, one not found: 0) sum
+    # to at least this
+    min_leg_score: float
+
+    def validate(self) -> None:
+        if not 0.0 < self.min_leg_score < len(JOINTS):
+            raise ConfigError(
+                f"min_leg_score: must be in (0, {len(JOINTS)}), got {self.min_leg_score}"
+            )
+
+
+@lru_cache(maxsize=1)
+def default_locator_rules() -> LocatorRules:
+    """The shipped rules (read once per process; immutable)."""
+    return load_config(LocatorRules, DEFAULT_LOCATOR_RULES)
 
 
 class FilmShape(Protocol):
@@ -98,10 +125,13 @@ class FineInputs:
 class LocatorGeometry:
     """The locator's geometry from a ``LocatorSpec`` alone (no networks, no torch): the
     coarse canvas, the coarse decode, the crop matrices, the fine decode.  Usable in any
-    worker process."""
+    worker process.
 
-    def __init__(self, spec) -> None:
+    ``rules``: the coarse stage's run-time rules (default: ``configs/locator.yaml``)."""
+
+    def __init__(self, spec, rules: LocatorRules | None = None) -> None:
         self.spec = spec
+        self.rules = rules or default_locator_rules()
         self.coarse_index = {n: i for i, n in enumerate(spec.coarse_landmarks)}
         self.fine_index = {n: i for i, n in enumerate(spec.fine_landmarks)}
         self.crops = {c.name: c for c in spec.crops}
@@ -114,7 +144,9 @@ class LocatorGeometry:
     def decode_coarse(self, heatmaps: np.ndarray, radiograph: FilmShape) -> CoarseResult:
         """Legs from one film's coarse heatmaps (K, h, w).
 
-        Uses only the film's size and its DICOM ``mirrored``/``laterality``.
+        Uses only the film's size and its DICOM ``mirrored``/``laterality``.  A leg
+        counts when its joint peaks sum to ``rules.min_leg_score`` (a film of noise gives
+        the shipped model "legs" of weak, scattered peaks: ``configs/locator.yaml``).
         """
 
         spec = self.spec
@@ -126,7 +158,7 @@ class LocatorGeometry:
         def peaks(name: str) -> list[tuple[int, int, float]]:
             return hc.find_peaks(heatmaps[ci[name]], thr, min_distance=3, max_peaks=4)
 
-        heads, knees, ankles = peaks("femoral_head"), peaks("knee_centre"), peaks("ankle_centre")
+        heads, knees, ankles = (peaks(name) for name in JOINTS)
         candidates = []
         for k in knees:
             best_h = _best_along(heads, k, above=True)
@@ -169,6 +201,8 @@ class LocatorGeometry:
                 refine("femoral_head", h[:2], 2.0)
             if a is not None:
                 refine("ankle_centre", a[:2], 2.0)
+            if sum(conf.get(n, 0.0) for n in JOINTS) < self.rules.min_leg_score:
+                continue  # weak scattered peaks (a film of noise) are not a leg
             femur_hm = leg_scale(pts_hm)
             if femur_hm is None:
                 continue  # a knee alone is not a leg
@@ -314,9 +348,17 @@ class LocatorGeometry:
 class Locator(LocatorGeometry):
     """The geometry with its two heatmap networks on a device."""
 
-    def __init__(self, spec, coarse_net, fine_net, device="cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        spec,
+        coarse_net,
+        fine_net,
+        device="cpu",
+        batch_size: int = 32,
+        rules: LocatorRules | None = None,
+    ) -> None:
 
-        super().__init__(spec)
+        super().__init__(spec, rules)
         self.device = torch.device(device)
         self.coarse_net = coarse_net.to(self.device).eval()
         self.fine_net = fine_net.to(self.device).eval()
@@ -324,11 +366,13 @@ class Locator(LocatorGeometry):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device="cpu") -> Locator:
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device="cpu", rules: LocatorRules | None = None
+    ) -> Locator:
         """Load a checkpoint (``None``: the shipped default in ``models/weights/``)."""
 
         spec, coarse, fine = nets_from_checkpoint(load_checkpoint(path))
-        return cls(spec, coarse, fine, device=device)
+        return cls(spec, coarse, fine, device=device, rules=rules)
 
     # ------------------------------------------------------------------ networks
     def _run(self, net, batch: np.ndarray) -> np.ndarray:

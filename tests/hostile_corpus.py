@@ -571,12 +571,18 @@ def build_corpus(root: str | os.PathLike[str]) -> Corpus:
     )
     variant("window width 0", "headers/window0.dcm", USABLE, set_(WindowWidth="0"))
 
-    # no usable legs: a film of noise in a valid header
-    def noise(v):
-        rng = np.random.default_rng(9)
-        v.PixelData = rng.integers(0, 4096, v.Rows * v.Columns, dtype="<u2").tobytes()
+    # no usable legs: a film of noise in a valid header (these seeds gave the shipped model
+    # a low-confidence leg before configs/locator.yaml's min_joint_confidence)
+    def noise(seed: int) -> Callable:
+        def fill(v):
+            rng = np.random.default_rng(seed)
+            v.PixelData = rng.integers(0, 4096, v.Rows * v.Columns, dtype="<u2").tobytes()
 
-    variant("noise image", "content/noise.dcm", "no_legs_found", noise)
+        return fill
+
+    variant("noise image", "content/noise.dcm", "no_legs_found", noise(9))
+    for seed in (2, 3):
+        variant(f"noise image {seed}", f"content/noise{seed}.dcm", "no_legs_found", noise(seed))
 
     # ---- rasters
     import cv2

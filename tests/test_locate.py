@@ -30,9 +30,18 @@ from legalign.pipeline.coarse_to_fine import (
     locate_films,
     locate_radiographs,
 )
+from legalign.pipeline.config_schema import ConfigError, from_mapping, read_yaml
 from legalign.pipeline.errors import InputError
 from legalign.pipeline.landmarks import LANDMARK_NAMES, LegLandmarks
-from legalign.pipeline.locate import CoarseLeg, FineInputs, Locator, _assign_sides
+from legalign.pipeline.locate import (
+    JOINTS,
+    CoarseLeg,
+    FineInputs,
+    Locator,
+    LocatorRules,
+    _assign_sides,
+    default_locator_rules,
+)
 from legalign.pipeline.radiograph import Radiograph
 from legalign.training.datasets import AnnotatedFilm
 from legalign.training.samples import coarse_sample, fine_sample
@@ -114,6 +123,51 @@ def test_coarse_decoding_finds_both_legs_and_sides(locator, mirrored):
             err = np.hypot(*np.subtract(got.points[name], gt.points[name]))
             assert err < 0.1 * scale, (gt.side, name, err)
         assert abs(got.femur_px - 380.0 * np.hypot(1, 0.08)) < 2.0
+
+
+def _joint_peaks(locator, target, peaks: dict[str, float]):
+    """The training targets with each joint channel scaled to peak at ``peaks[name]``."""
+    out = target.copy()
+    for name, value in peaks.items():
+        ch = locator.coarse_index[name]
+        out[ch] *= value / float(out[ch].max())
+    return out
+
+
+def test_weak_scattered_joint_peaks_are_no_leg(locator):
+    """A leg counts only when its joint peaks sum to the rules' min_leg_score: the shape
+    of the "legs" the shipped model finds on pure noise (a head near 0.4, knee and ankle
+    near the peak threshold) is no leg; a real leg on a small letterboxed film (weak hip
+    and knee, a strong ankle) still is."""
+    film = bilateral_film()
+    rg = Radiograph(path="x", pixels=film.image)
+    _, target, _ = coarse_sample(film, locator.spec, None, np.random.default_rng(0))
+    score = default_locator_rules().min_leg_score
+    assert locator.rules.min_leg_score == score
+    # a noise "leg" just below the score: a head near 0.45, knee and ankle near 0.25
+    noise_like = {"femoral_head": 0.45, "knee_centre": 0.25, "ankle_centre": 0.97 * score - 0.7}
+    assert locator.decode_coarse(_joint_peaks(locator, target, noise_like), rg).legs == []
+    # a real leg on a 50 % letterbox just above it: hip and knee at 0.21, a strong ankle
+    letterboxed = {"femoral_head": 0.21, "knee_centre": 0.21, "ankle_centre": 1.03 * score - 0.42}
+    legs = locator.decode_coarse(_joint_peaks(locator, target, letterboxed), rg).legs
+    assert len(legs) == 2
+    # the rule is the locator's own: a lower minimum keeps the noise-like legs
+    low = Locator(
+        locator.spec, locator.coarse_net, locator.fine_net, rules=LocatorRules(min_leg_score=0.5)
+    )
+    assert len(low.decode_coarse(_joint_peaks(locator, target, noise_like), rg).legs) == 2
+    assert set(JOINTS) <= set(locator.spec.coarse_landmarks)
+
+
+def test_locator_rules_are_validated_with_the_key_named():
+    shipped = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "locator.yaml")
+    assert from_mapping(LocatorRules, shipped) == default_locator_rules()
+    with pytest.raises(ConfigError, match="min_leg_score"):
+        from_mapping(LocatorRules, {"min_leg_score": 3.5})
+    with pytest.raises(ConfigError, match="min_leg_score"):
+        from_mapping(LocatorRules, {"min_leg_score": "high"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_mapping(LocatorRules, {"min_leg_score": 1.0, "extra": 1})
 
 
 def test_unknown_orientation_assumes_standard_display(locator):

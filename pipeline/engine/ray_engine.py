@@ -172,27 +172,48 @@ class _FileTimeout(BaseException):
     that the readers' ``except Exception`` handlers do not turn it into a decode error."""
 
 
+# after the first alarm, the timer fires again this often until the read gives way
+_REARM_S = 0.1
+
+
 @contextlib.contextmanager
 def _file_time_limit(path: str, seconds: float | None) -> Iterator[None]:
-    """Stop the read of ``path`` after ``seconds`` (``FileTimeout``, reason timeout).
+    """Stop the read of ``path`` after ``seconds`` (``_FileTimeout``, reason timeout).
 
     Ray runs a task on its worker's main thread, where SIGALRM can interrupt Python
     code and blocking system calls; a decoder busy inside native code is stopped when it
-    returns to Python.  Elsewhere (not the main thread) there is no limit."""
+    returns to Python.  Elsewhere (not the main thread) there is no limit.
+
+    The exception the alarm raises is lost when the alarm lands in code that swallows
+    exceptions: a ``ctypes`` callback (OpenJPEG's stream reads call back into Python),
+    a ``__del__``.  So the timer re-arms every ``_REARM_S`` until the block gives way,
+    and a block that still completes after the alarm fired counts as timed out: a file
+    past ``--file-timeout`` never comes back as a finished read."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
+    message = f"{path}: still running after {seconds:g} s (--file-timeout); stopped"
+    fired = False
 
     def on_alarm(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise _FileTimeout(f"{path}: still running after {seconds:g} s (--file-timeout); stopped")
+        nonlocal fired
+        fired = True
+        raise _FileTimeout(message)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    signal.setitimer(signal.ITIMER_REAL, float(seconds), _REARM_S)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        while True:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                break
+            except _FileTimeout:
+                continue  # one more alarm came in while disarming
+    if fired:  # the alarm's exception was swallowed and the block ran to its end
+        raise _FileTimeout(message)
 
 
 def _read(ctx: WorkerContext, path: str) -> Radiograph:
