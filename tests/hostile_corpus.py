@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from legalign.pipeline.outputs.dicom_header import IDENTITY_UIDS, TYPE2_COPIED
+
 USABLE = "usable"
 ABSENT = "absent"
 
@@ -217,11 +219,9 @@ def write_sequence_bomb(path: str | os.PathLike[str], items: int = 150_000) -> P
 
 
 # de-identification: what DICOM PS3.15 Basic Profile (with "retain UIDs") leaves of a DX
+# (the identity UIDs are the product's list: the ones a derived object must reference)
 _DEIDENTIFIED_KEEP = {
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
+    *IDENTITY_UIDS,
     "Modality",
     "Rows",
     "Columns",
@@ -474,15 +474,7 @@ def build_corpus(root: str | os.PathLike[str]) -> Corpus:
         "headers/no_type2.dcm",
         USABLE,
         drop(
-            "PatientName",
-            "PatientID",
-            "PatientBirthDate",
-            "PatientSex",
-            "StudyDate",
-            "StudyTime",
-            "ReferringPhysicianName",
-            "StudyID",
-            "AccessionNumber",
+            *TYPE2_COPIED,  # the product's list of the Type 2 attributes the SR / SC copy
             "SeriesNumber",
             "InstanceNumber",
             "PatientOrientation",
@@ -572,7 +564,7 @@ def build_corpus(root: str | os.PathLike[str]) -> Corpus:
     variant("window width 0", "headers/window0.dcm", USABLE, set_(WindowWidth="0"))
 
     # no usable legs: a film of noise in a valid header (these seeds gave the shipped model
-    # a low-confidence leg before configs/locator.yaml's min_joint_confidence)
+    # a low-confidence leg before configs/locator.yaml's min_leg_score)
     def noise(seed: int) -> Callable:
         def fill(v):
             rng = np.random.default_rng(seed)

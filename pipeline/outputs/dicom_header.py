@@ -76,8 +76,10 @@ class InvalidSourceIdentity(ValueError):
     """An identity UID of the source is not a valid UID: no derived object can reference it."""
 
 
-def _problem(elem: Any) -> str | None:
-    """Why this element's value may not be copied, or None."""
+def value_problem(elem: Any) -> str | None:
+    """Why this element's value may not be copied into a derived object, or None (the
+    rules above: the VR's characters and length, control characters, orientation terms,
+    known character sets)."""
 
     vr = elem.VR
     if vr not in _STRING_VRS or elem.value in (None, ""):
@@ -112,7 +114,7 @@ def derivable_header(source: Any) -> tuple[Any, list[str]]:
     warnings: list[str] = []
     for keyword in IDENTITY_UIDS:
         elem = ds[keyword] if keyword in ds else None
-        problem = "absent" if elem is None or not str(elem.value or "") else _problem(elem)
+        problem = "absent" if elem is None or not str(elem.value or "") else value_problem(elem)
         if problem:
             raise InvalidSourceIdentity(
                 f"source {keyword} is not a valid UID ({problem}); a derived object cannot "
@@ -122,7 +124,7 @@ def derivable_header(source: Any) -> tuple[Any, list[str]]:
         if elem.tag.group == 0x0002 or elem.VR == "SQ" or elem.keyword in IDENTITY_UIDS:
             continue
         try:
-            problem = _problem(elem)
+            problem = value_problem(elem)
         except Exception:  # noqa: BLE001 - a value pydicom cannot even convert
             problem = "unreadable value"
         if problem is None:
