@@ -1,7 +1,8 @@
 """`legalign run` against its own surroundings: no orphan processes or shared memory
 after kill -9 / SIGTERM of the main process, SIGTERM handled like Ctrl-C (exit 143),
 the output-folder lock, someone else's --out, read-only / under-a-file / full --out,
-start-up cleanup limited to the run's own files, resume identity by resolved path.
+start-up cleanup limited to the run's own files, resume identity by resolved path (and
+the SOP Instance UID for DICOM).
 
 End-to-end runs use a tiny random checkpoint: mechanics only, never accuracy."""
 
@@ -247,6 +248,56 @@ def test_resume_identity_is_the_resolved_file(films, tmp_path, tiny_ckpt):
         assert "0 processed, 6 already done" in proc.stdout
     df = pd.read_parquet(out / "results.parquet")
     assert df.file.nunique() == 6
+
+
+def test_resume_identity_includes_the_sop_instance_uid(films, tmp_path, tiny_ckpt):
+    """Two names for one instance (same UID) are two files, each done once; a file
+    rewritten in place with a new UID, size and modification time kept, is processed
+    again and its row replaced."""
+    import shutil
+
+    import pandas as pd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from legalign.pipeline.engine.journal import read_sop_instance_uid
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy2(films / "f0.dcm", src / "a.dcm")
+    shutil.copy2(films / "f0.dcm", src / "copy_of_a.dcm")  # same instance, second name
+    shutil.copy2(films / "f1.dcm", src / "b.dcm")
+    out = tmp_path / "out"
+    args = ("--out", out, "--model", tiny_ckpt, "--no-progress", "--workers", "1")
+    first = _run(src, *args)
+    assert first.returncode in (0, 3), first.stderr[-2000:]
+    assert "3 processed" in first.stdout
+    again = _run(src, *args)
+    assert "0 processed, 3 already done" in again.stdout, again.stdout[-2000:]
+
+    # b.dcm rewritten with a new SOP Instance UID of the same length: same size; the
+    # modification time put back (as cp -p, rsync -t or an unpacked archive do)
+    b = src / "b.dcm"
+    st = b.stat()
+    ds = pydicom.dcmread(b)
+    old_uid = str(ds.SOPInstanceUID)
+    new_uid = generate_uid(entropy_srcs=["rewritten"])[: len(old_uid)].rstrip(".")
+    new_uid += "1" * (len(old_uid) - len(new_uid))
+    ds.SOPInstanceUID = new_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = new_uid
+    ds.save_as(b, enforce_file_format=True)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert b.stat().st_size == st.st_size and b.stat().st_mtime_ns == st.st_mtime_ns
+    assert read_sop_instance_uid(str(b)) == new_uid != old_uid
+
+    third = _run(src, *args)
+    assert third.returncode in (0, 3), third.stderr[-2000:]
+    assert "1 processed, 2 already done" in third.stdout, third.stdout[-2000:]
+    df = pd.read_parquet(out / "results.parquet")
+    assert sorted(os.path.basename(f) for f in df.file) == ["a.dcm", "b.dcm", "copy_of_a.dcm"]
+    assert df.set_index(df.file.map(os.path.basename)).loc["b.dcm", "sop_instance_uid"] == new_uid
+    uids = df.set_index(df.file.map(os.path.basename)).sop_instance_uid
+    assert uids["a.dcm"] == uids["copy_of_a.dcm"]
 
 
 def test_out_under_a_file_is_a_one_line_usage_error(films, tmp_path, tiny_ckpt):

@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from legalign.pipeline.engine.inputs import OUTPUT_MARKER, expand_inputs
-from legalign.pipeline.engine.journal import Journal, file_key
+from legalign.pipeline.engine.journal import Finished, Journal, file_key
 from legalign.pipeline.engine.lifecycle import (
     OutputLock,
     clean_stale_shm,
@@ -82,7 +82,7 @@ class RunBook:
         self.failed_this_run = 0
         self.lock: OutputLock | None = None
 
-    def prepare_out(self) -> set[int]:
+    def prepare_out(self) -> Finished:
         """Create --out (one-line usage error when it cannot be written), take its lock,
         mark it as an output folder, remove what a killed run on it left (our own
         temporary files and shared-memory segments, a partial journal line); returns the
@@ -111,7 +111,7 @@ class RunBook:
                 exc.filename or self.out, exc, "cannot write to the output folder"
             ) from None
         clean_stale_shm(shm_prefix(self.out))
-        return self.journal.done_keys(include_failed=not self.opts.retry_failed)
+        return self.journal.finished(include_failed=not self.opts.retry_failed)
 
     def release(self) -> None:
         """Drop the output folder's lock (the end of the run)."""
@@ -119,8 +119,10 @@ class RunBook:
             self.lock.release()
             self.lock = None
 
-    def unfinished_inputs(self, done: set[int]) -> Iterator[tuple[str, int]]:
-        """(path, key) of each input not finished yet, once each; counts what it skips."""
+    def unfinished_inputs(self, done: Finished) -> Iterator[tuple[str, int]]:
+        """(path, key) of each input not finished yet, once each; counts what it skips.
+        A finished DICOM file is checked against the SOP Instance UID it was processed
+        as (``Finished.holds``: its header read up to the UID)."""
         seen: set[int] = set()
         items = self.source if self.source is not None else self._expanded_inputs()
         for path in items:
@@ -128,7 +130,7 @@ class RunBook:
                 self.record(path)
                 continue
             key = file_key(path)
-            if key in done:
+            if done.holds(path, key):
                 self.summary.skipped_done += 1
                 continue
             if key in seen:

@@ -6,10 +6,19 @@ appends.  The results table is always rebuilt from the journal, keeping the last
 per file, so every file appears exactly once.
 
 Identity (``file_key``): resolved path + size + mtime, so a relative and an absolute
-spelling, or a symbolic link, of one file resume as one file.
+spelling, or a symbolic link, of one file resume as one file.  For a DICOM file the SOP
+Instance UID it was processed as is part of its identity too: the worker reads it with
+the header (``sop_instance_uid`` in the record), so the driver cannot know it before a
+file is processed; records are keyed by the file key, and :class:`Finished` keeps, per
+file key, a digest of the UID the record was made from.  On resume, a file whose key is
+finished and whose record has a UID is checked against the UID in its header now (the
+first elements only, up to (0008,0018): :func:`read_sop_instance_uid`): a file rewritten
+with a new UID in place, size and modification time kept (``cp -p``, ``rsync -t``, an
+archive unpacked over the old one), is processed again, and its new record replaces the
+old row.  Two copies of one instance under two names are two files (two rows).
 
-Memory: resuming needs the set of finished files; it is kept as 8-byte digests
-(about 60-70 bytes per file in a Python set), not as path strings.
+Memory: resuming needs the finished files; they are kept as 8-byte digests (key and UID
+digest: about 100 bytes per file in a Python dict), not as path strings.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydicom.filereader import read_partial
+
 JOURNAL_NAME = "journal.jsonl"
+_SOP_INSTANCE_UID_TAG = 0x00080018
 
 
 def file_key(path: str) -> int:
@@ -36,10 +48,66 @@ def file_key(path: str) -> int:
         identity = f"{resolved}\0{st.st_size}\0{st.st_mtime_ns}"
     except OSError:
         identity = resolved
+    return _digest(identity)
+
+
+def _digest(text: str) -> int:
     return int.from_bytes(
-        hashlib.blake2b(identity.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+        hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
         "little",
     )
+
+
+def uid_digest(uid: Any) -> int:
+    """8-byte digest of a SOP Instance UID (0: none)."""
+    text = str(uid or "").strip().rstrip("\0")
+    return _digest(text) if text else 0
+
+
+def read_sop_instance_uid(path: str) -> str | None:
+    """The SOP Instance UID in a DICOM file's header, reading only the elements up to it
+    (a few kB, never the pixel data or a long private sequence after it); None when the
+    file cannot be read or has none."""
+    try:
+        with open(path, "rb") as fh:
+            ds = read_partial(
+                fh,
+                stop_when=lambda tag, vr, length: tag > _SOP_INSTANCE_UID_TAG,
+                force=True,
+            )
+            value = ds.get("SOPInstanceUID")
+    except Exception:  # noqa: BLE001 - anything unreadable: no UID to compare
+        return None
+    text = str(value or "").strip().rstrip("\0")
+    return text or None
+
+
+class Finished:
+    """The files a journal holds as finished: file key -> digest of the SOP Instance UID
+    the record was made from (0: not DICOM, or no UID)."""
+
+    def __init__(self) -> None:
+        self._uid: dict[int, int] = {}
+
+    def add(self, key: int, uid: Any = None) -> None:
+        self._uid[key] = uid_digest(uid)
+
+    def discard(self, key: int) -> None:
+        self._uid.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._uid)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._uid
+
+    def holds(self, path: str, key: int) -> bool:
+        """Whether ``path`` (file key ``key``) is finished: its key is, and for a DICOM
+        record with a UID the file still carries that UID (its header read up to it)."""
+        want = self._uid.get(key)
+        if want is None:
+            return False
+        return want == 0 or uid_digest(read_sop_instance_uid(path)) == want
 
 
 def record_key(rec: dict[str, Any]) -> int:
@@ -102,6 +170,18 @@ class Journal:
             key = record_key(rec)
             if include_failed or rec.get("status") != "failed":
                 done.add(key)
+            else:
+                done.discard(key)
+        return done
+
+    def finished(self, *, include_failed: bool = True) -> Finished:
+        """The files whose last record counts as finished, with the UID each was
+        processed as (see :class:`Finished`)."""
+        done = Finished()
+        for rec in self.records():
+            key = record_key(rec)
+            if include_failed or rec.get("status") != "failed":
+                done.add(key, rec.get("sop_instance_uid"))
             else:
                 done.discard(key)
         return done

@@ -66,7 +66,7 @@ from legalign.pipeline.coarse_to_fine import (
     radiograph_film,
 )
 from legalign.pipeline.engine.bookkeeping import RunBook
-from legalign.pipeline.engine.journal import file_key
+from legalign.pipeline.engine.journal import Finished, file_key
 from legalign.pipeline.engine.lifecycle import Terminated, terminate_as_interrupt
 from legalign.pipeline.engine.options import (
     EXIT_INTERRUPTED,
@@ -449,7 +449,7 @@ class RayEngine:
     def summary(self) -> Any:
         return self.book.summary
 
-    def _paths_to_do(self, done: set[int]) -> list[str]:
+    def _paths_to_do(self, done: Finished) -> list[str]:
         paths: list[str] = []
         for path, _key in self.book.unfinished_inputs(done):
             if self.opts.limit is not None and len(paths) >= self.opts.limit:
