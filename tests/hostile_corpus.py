@@ -171,6 +171,34 @@ def _flip_tile_header(frame: bytearray) -> bytes:
     return bytes(frame)
 
 
+def _flip_marker_bit(marker: bytes, offset: int, bit: int) -> Callable[[bytearray], bytes]:
+    """An edit flipping ``bit`` of the byte ``offset`` bytes after a codestream marker."""
+
+    def edit(frame: bytearray) -> bytes:
+        at = frame.find(marker)
+        assert at >= 0, marker
+        frame[at + offset] ^= 1 << bit
+        return bytes(frame)
+
+    return edit
+
+
+# single bit flips in the JPEG 2000 main and tile-part headers, each a case OpenJPEG
+# reports (positions measured on this corpus's codestream): (name, marker, offset, bit)
+J2K_HEADER_FLIPS = (
+    # warnings only: OpenJPEG decodes around the damage and warns
+    ("COD claims SOP markers (decoder warns)", b"\xff\x52", 4, 1),
+    ("tile-part length one byte off (decoder warns: no EOC)", b"\xff\x90", 9, 0),
+    # errors
+    ("SIZ marker length", b"\xff\x51", 3, 2),
+    ("SIZ component count", b"\xff\x51", 14, 2),
+    ("COD progression order", b"\xff\x52", 5, 4),
+    ("COD component count", b"\xff\x52", 8, 0),
+    ("QCD marker length", b"\xff\x5c", 2, 5),
+    ("SOT tile number", b"\xff\x90", 5, 1),
+)
+
+
 def _flip_bits(data: bytes, start: int, n: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     b = bytearray(data)
@@ -330,6 +358,11 @@ def build_corpus(root: str | os.PathLike[str]) -> Corpus:
         _j2k_edited(ds, _flip_tile_header),
         c.add("JPEG 2000 flipped bit in a tile-part header", "codec/j2k_flipped.dcm", "unreadable"),
     )
+    for k, (what, marker, offset, bit) in enumerate(J2K_HEADER_FLIPS):
+        _save(
+            _j2k_edited(ds, _flip_marker_bit(marker, offset, bit)),
+            c.add(f"JPEG 2000 bit flip: {what}", f"codec/j2k_flip{k}.dcm", "unreadable"),
+        )
     _save(
         _j2k_edited(ds, lambda f: bytes(f[: len(f) * 3 // 5])),
         c.add("JPEG 2000 codestream cut, encapsulation intact", "codec/j2k_cut.dcm", "unreadable"),

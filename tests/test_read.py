@@ -691,3 +691,32 @@ def test_native_size_film_every_syntax(tmp_path):
             f"\n{syntax:9s} {path.stat().st_size / 1e6:5.1f} MB  write {t1 - t0:5.2f} s  "
             f"read_radiograph {t2 - t1:5.2f} s"
         )
+
+
+@pytest.mark.parametrize("decoder", ["auto", "full"])
+def test_damaged_jpeg2000_headers_fail_in_both_decode_paths(tmp_path, decoder):
+    """Bit flips OpenJPEG reports, as an error or only as a warning (it decodes around a
+    SOP marker it expected, a tile-part length past the end), fail the file with reason
+    unreadable in the progressive and the full decode path; the undamaged film reads."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hostile_corpus import J2K_HEADER_FLIPS, _flip_marker_bit, _j2k_edited, good_dataset
+
+    from legalign.pipeline.read.codecs import openjpeg
+
+    if not openjpeg.is_available():
+        pytest.skip("no OpenJPEG >= 2.5 library")
+    ds, _ = good_dataset()
+    clean = _j2k_edited(ds, bytes)
+    clean.save_as(tmp_path / "clean.dcm", enforce_file_format=True)
+    assert read_radiograph(str(tmp_path / "clean.dcm"), decoder=decoder).width == ds.Columns
+    for k, (what, marker, offset, bit) in enumerate(J2K_HEADER_FLIPS):
+        path = tmp_path / f"flip{k}.dcm"
+        _j2k_edited(ds, _flip_marker_bit(marker, offset, bit)).save_as(
+            path, enforce_file_format=True
+        )
+        with pytest.raises(InputError) as exc:
+            read_radiograph(str(path), decoder=decoder)
+        assert exc.value.reason == "unreadable", what
+        assert str(path) in str(exc.value) and "\n" not in str(exc.value), what

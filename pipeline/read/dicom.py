@@ -38,9 +38,16 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from legalign.pipeline.errors import InputError, NotAnImageError, TooLargeError, WrongModalityError
 from legalign.pipeline.radiograph import Radiograph
+from legalign.pipeline.read.codecs import openjpeg
+from legalign.pipeline.read.codecs.base import CodecError, FileFrame
 from legalign.pipeline.read.grey import COLOUR, GREY, one_line, to_unit_grey
 from legalign.pipeline.read.native_stderr import native_stderr
-from legalign.pipeline.read.progressive import DEFAULT_OVERVIEW_HEIGHT, open_progressive
+from legalign.pipeline.read.progressive import (
+    DEFAULT_OVERVIEW_HEIGHT,
+    J2K_SYNTAXES,
+    open_progressive,
+    read_frame,
+)
 from legalign.pipeline.read.spacing import resolve_spacing
 
 log = logging.getLogger(__name__)
@@ -366,6 +373,50 @@ def _preferred_plugin(ds: Any) -> str:
         return ""
 
 
+def _decomposition_levels(frame: FileFrame) -> int:
+    """The COD marker's number of wavelet decomposition levels (0 when not found), from
+    the main header's marker segments (SOC, then segments up to the first SOT)."""
+    head = bytearray(min(frame.size, 4096))
+    view = memoryview(head)
+    got = frame.readinto(0, view)
+    frame_head = bytes(head[:got])
+    pos = 2
+    while pos + 4 <= len(frame_head) and frame_head[pos] == 0xFF:
+        marker = frame_head[pos + 1]
+        length = int.from_bytes(frame_head[pos + 2 : pos + 4], "big")
+        if marker == 0x90:  # SOT: the main header ended without COD
+            return 0
+        if marker == 0x52 and pos + 9 < len(frame_head):  # COD: Scod, SGcod(4), levels
+            return int(frame_head[pos + 9])
+        pos += 2 + length
+    return 0
+
+
+def _check_j2k_stream(path: str, header: DicomHeader) -> None:
+    """pylibjpeg's OpenJPEG drops the decoder's warnings (a SOP marker it expected, a
+    tile-part length past the end: damage it decoded around).  For a JPEG 2000 film the
+    codestream is decoded once more at its deepest level (the smallest image; the
+    markers and packet headers are read all the same) with this package's OpenJPEG
+    binding, and a warning or error fails the file."""
+    ds = header.ds
+    meta = getattr(ds, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if uid not in J2K_SYNTAXES or header.inflated is not None or not openjpeg.is_available():
+        return
+    try:
+        frame = read_frame(path, header)  # the fragments located in the file, not loaded
+        _, warnings = openjpeg.decode(frame, level=_decomposition_levels(frame))
+    except (CodecError, OSError) as exc:
+        raise InputError(
+            f"{path}: cannot decode pixel data ({_transfer_syntax_name(ds)}; {one_line(exc)})"
+        ) from None
+    if warnings:
+        raise InputError(
+            f"{path}: the decoder reported a damaged stream ({_transfer_syntax_name(ds)}: "
+            f"{' '.join(warnings[0].split())[:120]}); not used"
+        )
+
+
 def decode(path: str, header: DicomHeader) -> np.ndarray:
     """Decode the single frame; ``InputError`` on any decoder failure."""
 
@@ -419,6 +470,7 @@ def decode(path: str, header: DicomHeader) -> np.ndarray:
                 f"{path}: truncated file (compressed pixel data, {syntax}, has no end delimiter)"
             ) from None
         raise InputError(f"{path}: cannot decode pixel data ({syntax}; {one_line(exc)})") from None
+    _check_j2k_stream(path, header)
     expected = (int(ds.Rows), int(ds.Columns))
     if arr.shape[:2] != expected:
         raise InputError(

@@ -31,7 +31,8 @@ level sample covers the ``2**k`` block (``x' = (x + 0.5) / 2**k - 0.5``).  Each 
 says which; ``LevelImage.matrix`` maps full-resolution pixels to the level image's.
 
 Every decoder failure raises ``DecodeError`` (an ``InputError``: one line naming the file
-and the transfer syntax); decoder warnings are logged with the file name.
+and the transfer syntax); a decoder warning (OpenJPEG's "Expected SOP marker", "Stream
+does not end with EOC", ...) fails the file the same way: the pixels cannot be trusted.
 """
 
 from __future__ import annotations
@@ -243,9 +244,12 @@ class ProgressiveFilm:
             raise DecodeError(
                 f"{self.path}: out of memory decoding {_syntax_name(self.ds)}"
             ) from None
-        for w in warnings:
-            log.warning(
-                "%s: decoder warning (%s): %s", os.path.basename(self.path), self.codec_name, w
+        if warnings:
+            # OpenJPEG warns where it met damage it decoded around (a marker it expected,
+            # a tile-part length past the end): the pixels cannot be trusted
+            raise DecodeError(
+                f"{self.path}: the decoder reported a damaged stream ({_syntax_name(self.ds)}, "
+                f"{self.codec_name}: {' '.join(warnings[0].split())[:120]}); not used"
             )
         self.decoded_pixels += int(raw.size)
         return raw
@@ -391,7 +395,7 @@ _ITEM = b"\xfe\xff\x00\xe0"
 _SEQ_END = b"\xfe\xff\xdd\xe0"
 
 
-def _read_frame(path: str, header: Any) -> FileFrame:
+def read_frame(path: str, header: Any) -> FileFrame:
     """The single frame's fragments, located in the file (nothing is loaded); a
     ``DecodeError`` when the encapsulated pixel data is damaged or truncated."""
     syntax = _syntax_name(header.ds)
@@ -486,7 +490,7 @@ def open_progressive(
     if int(ds.BitsStored) > 16:
         return None
     rows, cols = int(ds.Rows), int(ds.Columns)
-    frame = _read_frame(path, header)
+    frame = read_frame(path, header)
     codec = None
     for name in names:
         try:

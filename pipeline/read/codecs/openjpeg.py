@@ -119,6 +119,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "opj_set_default_decoder_parameters": (None, [p]),
         "opj_setup_decoder": (ctypes.c_int, [p, p]),
         "opj_codec_set_threads": (ctypes.c_int, [p, ctypes.c_int]),
+        "opj_decoder_set_strict_mode": (ctypes.c_int, [p, ctypes.c_int]),
         "opj_set_error_handler": (ctypes.c_int, [p, _MSG_CB, p]),
         "opj_set_warning_handler": (ctypes.c_int, [p, _MSG_CB, p]),
         "opj_set_info_handler": (ctypes.c_int, [p, _MSG_CB, p]),
@@ -251,6 +252,10 @@ def decode(
         if not lib.opj_setup_decoder(codec, params):
             raise CodecError(_message("cannot set up the decoder", errors))
         lib.opj_codec_set_threads(codec, int(threads))
+        # strict: a codestream that ends early (truncated data) is an error, not a
+        # partially decoded image (OpenJPEG >= 2.5)
+        if not lib.opj_decoder_set_strict_mode(codec, 1):
+            raise CodecError(_message("cannot set strict mode", errors))
         if not lib.opj_read_header(stream, codec, ctypes.byref(image)):
             raise CodecError(_message("cannot read the codestream header", errors))
         img = image.contents
