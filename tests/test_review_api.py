@@ -490,3 +490,30 @@ def test_export_writes_coco_labels_table_and_sr_with_the_review_state(run, tmp_p
         assert errors in (None, []), errors
     # the export never writes into the results folder
     assert main(["review", str(run.results), "--export", str(run.results / "x")]) == 2
+
+
+def test_jpeg2000_films_are_previewed_without_a_full_decode(tmp_path, monkeypatch):
+    """A JPEG 2000 DICOM film's preview comes from a reduced resolution level decoded
+    alone by pipeline.read.progressive (the full decode is never called)."""
+    import cv2
+
+    from legalign.pipeline.read import read_radiograph
+    from legalign.pipeline.review.images import FilmPixels
+    from legalign.training.synth import dicom_archive as dicom
+    from legalign.training.synth import generate_film
+
+    path = tmp_path / "j2k.dcm"
+    film = generate_film(3, size="small", distractors=False)
+    dicom.write_film_dicom(path, film, dicom.DicomOptions(transfer_syntax="j2k"), index=0, seed=3)
+    pixels = FilmPixels(tmp_path, preview_max_rows=256, capacity=1)
+
+    def no_full_decode(*a, **k):
+        raise AssertionError("full decode called for the preview")
+
+    monkeypatch.setattr(pixels, "pixels", no_full_decode)
+    data, w, h = pixels.preview_png("f", path)
+    assert h == 256
+    prev = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).astype(float)
+    full = read_radiograph(path).pixels
+    want = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA) * 255
+    assert np.abs(prev - want).mean() < 6.0  # same grey semantics, another resampling

@@ -140,7 +140,21 @@ def test_drag_accept_reload_in_headless_chromium(tmp_path):
             leg_id,
         )
         assert "amended" in row
-        # the keyboard moves through the worklist
+        # the worklist filters (here by |HKA|) and the keyboard moves through it
+        hkas = [
+            abs(float(r["hka_deg"]))
+            for r in driver.execute_script("return S.rows.filter(r => r.hka_deg !== null)")
+        ]
+        cut = sorted(hkas)[len(hkas) // 2]
+        box = driver.find_element(By.ID, "f-hka")
+        box.send_keys(f"{cut:.2f}")
+        shown = driver.execute_script("return S.view.length")
+        assert shown == sum(1 for v in hkas if v >= round(cut, 2))
+        assert 0 < shown < 4
+        box.clear()
+        driver.execute_script("document.getElementById('f-hka').dispatchEvent(new Event('input'))")
+        assert driver.execute_script("return S.view.length") == 4
+        driver.execute_script("document.activeElement.blur()")
         driver.find_element(By.TAG_NAME, "body").send_keys("j")
         _wait(lambda: driver.execute_script("return S.legId") != leg_id, what="next leg")
         target = os.environ.get("LEGALIGN_REVIEW_SCREENSHOT")

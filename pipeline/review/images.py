@@ -6,7 +6,9 @@ stay in memory (LRU), so zooming and panning only crop, resample and encode.  Pr
 (the whole film reduced to ``preview_max_rows``) are also kept on disk in the results
 folder (``.review-cache/``), keyed by the source's size and modification time, so the
 first view of a film is one small file read once it has been rendered (in the background
-at start-up, or the first time it is opened).
+at start-up, or the first time it is opened).  JPEG 2000 / HTJ2K / baseline JPEG DICOM
+films are previewed from a reduced resolution level decoded alone by the project's
+progressive reader, without a full decode.
 
 Window/level: ``lo`` and ``hi`` are grey levels in [0, 1] of the decoded film; values are
 mapped linearly to 0-255 between them (full precision of 16-bit films, applied before the
@@ -21,6 +23,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from legalign.pipeline.errors import InputError
 
 CACHE_DIR = ".review-cache"
 
@@ -89,7 +93,9 @@ class FilmPixels:
             data = path.read_bytes()
             w, h = _png_size(data)
             return data, w, h
-        arr = self.pixels(key, source, keep)
+        arr = _overview(source, self.preview_max_rows)
+        if arr is None:
+            arr = self.pixels(key, source, keep)
         h, w = arr.shape
         scale = min(1.0, self.preview_max_rows / h)
         ow, oh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -111,6 +117,27 @@ class FilmPixels:
         arr = self.pixels(key, source)
         x0, y0, x1, y1 = box
         return encode_png(render(arr, x0, y0, x1, y1, out_size[0], out_size[1], *window))
+
+
+def _overview(source: Path, rows: int) -> np.ndarray | None:
+    """The whole film at a reduced resolution (at least ``rows`` rows), decoded alone by
+    the project's progressive reader (``pipeline.read.progressive``: JPEG 2000, HTJ2K and
+    baseline JPEG DICOM films) -- a fraction of a full decode.  None for every other film
+    or when the progressive path declines (the full path then decodes and reports)."""
+    try:
+        from legalign.pipeline.read import DEFAULT_MAX_PIXELS, detect_kind
+
+        if detect_kind(source) != "dicom":
+            return None
+        from legalign.pipeline.read.dicom import check_header, read_header
+        from legalign.pipeline.read.progressive import open_progressive
+
+        header = read_header(str(source))
+        check_header(header, str(source), DEFAULT_MAX_PIXELS)
+        film = open_progressive(str(source), header, overview_height=rows)
+    except (ImportError, InputError):
+        return None
+    return None if film is None else film.overview.pixels
 
 
 def render(
