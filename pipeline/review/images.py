@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from legalign.pipeline.errors import InputError
+from legalign.pipeline.read import DEFAULT_MAX_PIXELS, detect_kind
+from legalign.pipeline.read.dicom import check_header, read_header
+from legalign.pipeline.read.progressive import open_progressive
 
 CACHE_DIR = ".review-cache"
 
@@ -125,17 +128,12 @@ def _overview(source: Path, rows: int) -> np.ndarray | None:
     baseline JPEG DICOM films) -- a fraction of a full decode.  None for every other film
     or when the progressive path declines (the full path then decodes and reports)."""
     try:
-        from legalign.pipeline.read import DEFAULT_MAX_PIXELS, detect_kind
-
         if detect_kind(source) != "dicom":
             return None
-        from legalign.pipeline.read.dicom import check_header, read_header
-        from legalign.pipeline.read.progressive import open_progressive
-
-        header = read_header(str(source))
+        header = read_header(str(source), DEFAULT_MAX_PIXELS)
         check_header(header, str(source), DEFAULT_MAX_PIXELS)
         film = open_progressive(str(source), header, overview_height=rows)
-    except (ImportError, InputError):
+    except InputError:
         return None
     return None if film is None else film.overview.pixels
 
