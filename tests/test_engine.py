@@ -150,6 +150,48 @@ def test_journal_repair_and_latest(tmp_path):
     assert file_key("/d") not in j2.done_keys(include_failed=False)
 
 
+def test_finished_files_are_checked_against_their_sop_instance_uid(tmp_path):
+    """Resume identity of a DICOM file: file key plus the SOP Instance UID its record was
+    made from, read from the header up to (0008,0018) only."""
+    import shutil
+
+    import pydicom
+
+    from legalign.pipeline.engine.journal import read_sop_instance_uid
+
+    a = tmp_path / "a.dcm"
+    _write_film(a, 3)
+    copy = tmp_path / "copy_of_a.dcm"
+    shutil.copy2(a, copy)
+    png = tmp_path / "b.png"
+    png.write_bytes(b"not read")
+    uid = str(pydicom.dcmread(a).SOPInstanceUID)
+    assert read_sop_instance_uid(str(a)) == uid
+    assert read_sop_instance_uid(str(png)) is None
+    out = tmp_path / "out"
+    out.mkdir()
+    j = Journal(out)
+    for path in (a, copy):
+        j.append({"file": str(path), "status": "ok", "sop_instance_uid": uid})
+    j.append({"file": str(png), "status": "ok", "sop_instance_uid": None})
+    j.close()
+    done = j.finished()
+    assert len(done) == 3
+    for path in (a, copy, png):  # a raster has no UID to check: its key is enough
+        assert done.holds(str(path), file_key(str(path)))
+    # a rewritten with a new UID of the same length, size and mtime kept: not finished
+    st, key = a.stat(), file_key(str(a))
+    ds = pydicom.dcmread(a)
+    new = uid[:-1] + ("1" if uid[-1] != "1" else "2")
+    ds.SOPInstanceUID = new
+    ds.file_meta.MediaStorageSOPInstanceUID = new
+    ds.save_as(a, enforce_file_format=True)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert file_key(str(a)) == key  # path, size and mtime alone would call it done
+    assert not done.holds(str(a), file_key(str(a)))
+    assert done.holds(str(copy), file_key(str(copy)))
+
+
 # ----------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_run_dicom_archive_records_failures_and_resumes(tmp_path, archive, tiny_ckpt):
