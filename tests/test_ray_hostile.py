@@ -56,6 +56,11 @@ def _busy_in_ctypes_callbacks(seconds: float) -> None:
         libc.qsort(arr, len(arr), ctypes.sizeof(ctypes.c_int), cmp_type(cmp))
 
 
+# the alarm's exceptions swallowed inside the callbacks are what these tests reproduce
+SWALLOWED = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@SWALLOWED
 def test_file_time_limit_holds_when_the_alarm_lands_in_a_ctypes_callback():
     """The diagnosis of the 'pending instead of done' row: the one-shot alarm's exception,
     raised inside a ctypes callback, was swallowed and the read ran to its end.  Now the
@@ -70,6 +75,7 @@ def test_file_time_limit_holds_when_the_alarm_lands_in_a_ctypes_callback():
 
 
 @pytest.mark.slow
+@SWALLOWED
 @pytest.mark.parametrize("slow", ["header bomb", "decoder callbacks"])
 def test_prepare_stage_turns_a_slow_read_into_a_timeout_row(tmp_path, monkeypatch, slow):
     from tiny_checkpoint import tiny_spec_dict
