@@ -97,12 +97,20 @@ def test_unknown_format_is_an_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys):
+def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys, monkeypatch):
     import argparse
 
     from tiny_checkpoint import tiny_checkpoint, tiny_spec_dict
 
+    from legalign.pipeline import locate
     from legalign.pipeline.commands import export as cmd
+
+    # the untrained tiny network's joint peaks are far below configs/locator.yaml's
+    # min_leg_score (chosen on the shipped model): let every coarse leg count, so that the
+    # exported networks have landmarks to be compared on
+    monkeypatch.setattr(
+        locate, "default_locator_rules", lambda: locate.LocatorRules(min_leg_score=1e-6)
+    )
 
     ckpt = tiny_checkpoint(tmp_path / "small.pt", seed=3, out_std=0.5, peak_threshold=0.01)
     parser = argparse.ArgumentParser()
