@@ -34,7 +34,14 @@ import numpy as np
 
 from legalign.models.crops import warp
 from legalign.pipeline.landmarks import LegLandmarks
-from legalign.pipeline.locate import CoarseResult, FilmShape, FineInputs, Locator, LocatorGeometry
+from legalign.pipeline.locate import (
+    CoarseResult,
+    CoarseView,
+    FilmShape,
+    FineInputs,
+    Locator,
+    LocatorGeometry,
+)
 from legalign.pipeline.radiograph import Radiograph
 
 
@@ -107,12 +114,17 @@ def radiograph_film(radiograph: Radiograph) -> Film:
 
 
 # ------------------------------------------------------------------ per film (no networks)
-def coarse_input(geometry: LocatorGeometry, pixels: FilmPixels) -> np.ndarray:
-    """The whole film letterboxed into the coarse canvas: float32 (1, Hc, Wc)."""
+def coarse_input(geometry: LocatorGeometry, pixels: FilmPixels) -> CoarseView:
+    """What the coarse network sees of the film (``LocatorGeometry.coarse_view``): its
+    exposed region letterboxed into the coarse canvas and, for a film wide enough for
+    two legs, each half alone."""
     spec = geometry.spec
     size = (spec.coarse_height, spec.coarse_width)
-    img = pixels.whole(geometry.coarse_matrix(pixels.height, pixels.width), size)
-    return img[None].astype(np.float32, copy=False)
+    return geometry.coarse_view(
+        pixels.height,
+        pixels.width,
+        lambda matrix: np.asarray(pixels.whole(matrix, size), dtype=np.float32),
+    )
 
 
 def fine_inputs(
@@ -149,11 +161,10 @@ def _forward(
 
 
 def coarse_heatmaps(
-    locator: Locator, inputs: Sequence[np.ndarray], *, per_film: bool = False
+    locator: Locator, inputs: Sequence[CoarseView], *, per_film: bool = False
 ) -> list[np.ndarray]:
-    """Coarse heatmaps (K, h, w) of each film from its ``coarse_input`` (1, Hc, Wc)."""
-    out = _forward(locator.predict_coarse, [x[None] for x in inputs], per_film)
-    return [h[0] for h in out]
+    """Coarse heatmaps (V, K, h, w) of each film from its ``coarse_input`` (V canvases)."""
+    return _forward(locator.predict_coarse, [v.images for v in inputs], per_film)
 
 
 def fine_heatmaps(
@@ -183,7 +194,7 @@ def locate_films(
     locator: Locator,
     films: Sequence[Film],
     *,
-    coarse_inputs: Sequence[np.ndarray] | None = None,
+    coarse_inputs: Sequence[CoarseView] | None = None,
     per_film: bool = False,
 ) -> list[list[LegLandmarks]]:
     """Every film through the whole stage; both networks batched across the films.
@@ -197,7 +208,8 @@ def locate_films(
         coarse_inputs = [coarse_input(locator, f.pixels) for f in films]
     heat = coarse_heatmaps(locator, coarse_inputs, per_film=per_film)
     legs: list[CoarseResult] = [
-        locator.decode_coarse(h, f.shape) for h, f in zip(heat, films, strict=True)
+        locator.decode_coarse(h, f.shape, v)
+        for h, f, v in zip(heat, films, coarse_inputs, strict=True)
     ]
     n = locator.spec.fine_iterations
     for it in range(n):

@@ -6,7 +6,8 @@ widens the landmark's error radius and the measurement intervals
 ``review.max_hka_interval_deg`` (configs/geometry.yaml) is flagged for review while
 keeping its best measurement.  A landmark is *not used* only when
 
-- it lies outside the film (flag ``outside_film``), or
+- it lies outside the film, or the locator judged its joint cut off by the film's edge
+  (``LegLandmarks.outside``) (flag ``outside_film``), or
 - it is unusable: its heatmap has no peak to speak of (confidence below
   ``landmarks.unusable_confidence``; flag ``unusable``).
 
@@ -51,7 +52,7 @@ def usable_landmarks(
         if name not in leg.points:
             continue
         conf = leg.confidence.get(name)
-        if not inside_film(leg.points[name], width, height):
+        if name in leg.outside or not inside_film(leg.points[name], width, height):
             flags[name], reasons[name] = OUTSIDE_FILM, f"{name} outside the film"
         elif conf is not None and float(conf) < unusable_confidence:
             flags[name] = UNUSABLE
@@ -63,6 +64,7 @@ def usable_landmarks(
         confidence={n: leg.confidence[n] for n in keep if n in leg.confidence},
         mirrored=leg.mirrored,
         spread={n: leg.spread[n] for n in keep if n in leg.spread},
+        outside=leg.outside,
     )
     return LandmarkUse(used, flags, reasons)
 

@@ -60,6 +60,10 @@ class LegLandmarks:
     # in image pixels.  With the confidence it gives the landmark's expected error
     # (pipeline/uncertainty.py).  Absent for landmarks not located by a network.
     spread: dict[str, float] = field(default_factory=dict)
+    # Landmarks the film cuts off (the locator's judgement: the joint lies at or beyond
+    # the film's edge).  They keep their located place in ``points`` but are not
+    # measured from: what needs them is null "outside the film" (pipeline/landmark_use.py).
+    outside: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.side not in SIDES:
@@ -101,4 +105,5 @@ class LegLandmarks:
             confidence=dict(self.confidence),
             mirrored=self.mirrored,
             spread=dict(self.spread),
+            outside=self.outside,
         )

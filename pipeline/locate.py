@@ -54,6 +54,29 @@ JOINTS = ("femoral_head", "knee_centre", "ankle_centre")
 _TROCHANTER_MIN_CONF = 0.2
 # a fine answer below this confidence falls back to the coarse answer (when there is one)
 _FINE_MIN_CONF = 0.1
+# Coarse framing (``coarse_view``).  A canvas column/row is exposed when its 90th
+# percentile exceeds _EXPOSED_LEVEL; an exposed region covering at least _FULL_FRAME of
+# the canvas is framed as the whole film, a smaller one is grown by _FRAME_MARGIN of its
+# size on each side and letterboxed alone.  A film is wide enough for two legs when its
+# exposed width exceeds _TWO_LEGS_WIDTH x its exposed height (two legs side by side are
+# about 0.6 femur lengths wide, a femur about 0.35 of a full-leg film's height); then
+# each half (split at the darkest column, overlapping by _TILE_OVERLAP of the width) is
+# also seen alone.  A leg from a half whose knee is within _SAME_LEG femur lengths of a
+# leg already found is that leg again.  Femur / tibia length ratio of a plausible leg:
+# _FEMUR_TIBIA; its head and ankle within _IN_LINE x their height above/below the knee.
+_EXPOSED_LEVEL = 0.05
+_FULL_FRAME = 0.85
+_FRAME_MARGIN = 0.03
+_TWO_LEGS_WIDTH = 0.21
+_TILE_OVERLAP = 0.1
+_SAME_LEG = 0.3
+_FEMUR_TIBIA = (0.8, 1.7)
+_IN_LINE = 0.45
+# a head or ankle centre closer than this share of the femur length to the film's edge
+# (or beyond it) is outside the film: the joint is cut off (a femoral head's radius is
+# about 0.055 femur lengths; the network places a cut-off head on what is left of it,
+# 0.02-0.08 femur lengths inside the edge), whatever the network answered there
+_EDGE = 0.09
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,23 @@ class CoarseLeg:
 @dataclass
 class CoarseResult:
     legs: list[CoarseLeg] = field(default_factory=list)
+    # the film's size (pixels), when known: landmarks at or beyond its edge are outside
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclass
+class CoarseView:
+    """What the coarse network sees of one film: ``images`` (V, 1, Hc, Wc) float32 and,
+    per image, the 2x3 image -> canvas map.  Image 0 is the film's exposed region;
+    images 1 and 2 (films wide enough for two legs only) its left and right halves,
+    each alone on the canvas (the rest black); ``halves`` are their (x0, x1) image
+    columns, ``split`` the column between the legs."""
+
+    images: np.ndarray
+    frames: list[np.ndarray]
+    halves: list[tuple[float, float]] = field(default_factory=list)
+    split: float | None = None
 
 
 @dataclass
@@ -141,17 +181,124 @@ class LocatorGeometry:
 
         return letterbox_matrix(height, width, self.spec.coarse_height, self.spec.coarse_width)
 
-    def decode_coarse(self, heatmaps: np.ndarray, radiograph: FilmShape) -> CoarseResult:
-        """Legs from one film's coarse heatmaps (K, h, w).
+    def coarse_view(self, height: int, width: int, whole) -> CoarseView:
+        """The canvases the coarse network sees of a ``height x width`` film.
+        ``whole(matrix)`` gives the film through a 2x3 image -> canvas map at the canvas
+        size (``FilmPixels.whole``).
 
-        Uses only the film's size and its DICOM ``mirrored``/``laterality``.  A leg
-        counts when its joint peaks sum to ``rules.min_leg_score`` (a film of noise gives
-        the shipped model "legs" of weak, scattered peaks: ``configs/locator.yaml``).
+        The whole film letterboxed shows where it is exposed; a film with black borders
+        (a leg filling half the frame) is framed to its exposed region so the leg is seen
+        at the scale the network was trained at; a film wide enough for two legs adds
+        each half alone, so that one leg cannot hide or borrow joints from the other.
         """
+
+        hc_, wc = self.spec.coarse_height, self.spec.coarse_width
+        A0 = self.coarse_matrix(height, width)
+        first = whole(A0)
+        box_c = exposed_box(first)
+        x0, y0, x1, y1 = box_c
+        # the film's own rectangle on the canvas
+        (fx0, fy0), (fx1, fy1) = apply_affine(
+            A0, np.array([[-0.5, -0.5], [width - 0.5, height - 0.5]])
+        )
+        film_area = max((fx1 - fx0) * (fy1 - fy0), 1.0)
+        if (x1 - x0) * (y1 - y0) >= _FULL_FRAME * film_area:
+            frames, images = [A0], [first]
+        else:
+            A = box_matrix(_box_to_image(box_c, A0), hc_, wc, _FRAME_MARGIN)
+            frames, images = [A], [whole(A)]
+        halves: list[tuple[float, float]] = []
+        split = None
+        if (x1 - x0) > _TWO_LEGS_WIDTH * (y1 - y0) and x1 - x0 >= 8:
+            sc = _split_column(first, box_c)
+            inv = invert_affine(A0)
+            ix0, iy0, ix1, iy1 = _box_to_image(box_c, A0)
+            split = float(apply_affine(inv, np.array([sc, 0.0]))[0])
+            over = _TILE_OVERLAP * (ix1 - ix0)
+            for a, b in ((ix0, split + over), (split - over, ix1)):
+                A = box_matrix((a, iy0, b, iy1), hc_, wc, _FRAME_MARGIN)
+                img = whole(A)
+                # only this half: the canvas beyond its columns is black
+                ca, cb = (float(apply_affine(A, np.array([v, 0.0]))[0]) for v in (a - 0.5, b - 0.5))
+                cols = np.arange(wc)
+                img[..., (cols < math.floor(ca)) | (cols > math.ceil(cb))] = 0.0
+                frames.append(A)
+                images.append(img)
+                halves.append((a, b))
+        arr = np.stack([np.asarray(i, np.float32) for i in images])[:, None]
+        return CoarseView(arr, frames, halves, split)
+
+    def decode_coarse(
+        self, heatmaps: np.ndarray, radiograph: FilmShape, view: CoarseView | None = None
+    ) -> CoarseResult:
+        """Legs from one film's coarse heatmaps: (V, K, h, w) for the V canvases of
+        ``view`` (``coarse_view``), or (K, h, w) for the whole film letterboxed.
+
+        Uses only the view's maps, the film's size and its DICOM ``mirrored``/``laterality``.
+        A leg counts when its joint peaks sum to ``rules.min_leg_score`` (a film of noise
+        gives the shipped model "legs" of weak, scattered peaks: ``configs/locator.yaml``);
+        the rule holds on every canvas, the halves' too.
+        """
+        if view is None:
+            view = CoarseView(
+                np.zeros((1, 1, 1, 1), np.float32),
+                [self.coarse_matrix(radiograph.height, radiograph.width)],
+            )
+        if heatmaps.ndim == 3:
+            heatmaps = heatmaps[None]
+        legs = self._decode_canvas(heatmaps[0], view.frames[0])
+        if view.halves:
+            legs = self._with_halves(legs, heatmaps, view)
+        _assign_sides(legs, radiograph)
+        return CoarseResult(legs=legs, height=radiograph.height, width=radiograph.width)
+
+    def _with_halves(
+        self, legs: list[CoarseLeg], heatmaps: np.ndarray, view: CoarseView
+    ) -> list[CoarseLeg]:
+        """Combine the whole-film legs with the legs seen in each half alone.
+
+        Two complete legs on both sides of the split stand; otherwise, when each half
+        alone shows a complete leg (and they are two legs), those two; otherwise each
+        half without a complete whole-film leg gets its own leg, if it shows one.
+        """
+        split = view.split if view.split is not None else 0.0
+
+        def half_of(leg: CoarseLeg) -> int:
+            return 0 if leg.points["knee_centre"][0] < split else 1
+
+        good = [leg for leg in legs if complete_leg(leg)]
+        if len(good) == 2 and half_of(good[0]) != half_of(good[1]):
+            return legs
+        own: list[CoarseLeg | None] = []
+        for i, ((a, b), frame) in enumerate(zip(view.halves, view.frames[1:], strict=True)):
+            lo, hi = (a, split) if i == 0 else (split, b)
+            cands = [
+                leg
+                for leg in self._decode_canvas(heatmaps[1 + i], frame)
+                if complete_leg(leg) and lo <= leg.points["knee_centre"][0] < hi
+            ]
+            own.append(max(cands, key=_leg_score) if cands else None)
+        if own[0] is not None and own[1] is not None and not _same_leg(own[0], own[1]):
+            return [own[0], own[1]]
+        out = list(good)
+        for leg in own:
+            if leg is not None and len(out) < 2 and not any(_same_leg(leg, g) for g in out):
+                out.append(leg)
+        if not out:
+            return legs
+        # an incomplete whole-film leg stays where no complete leg replaced it
+        for leg in legs:
+            if len(out) < 2 and leg not in out and not any(_same_leg(leg, g) for g in out):
+                out.append(leg)
+        return out
+
+    def _decode_canvas(self, heatmaps: np.ndarray, frame: np.ndarray) -> list[CoarseLeg]:
+        """Up to two legs from one canvas's heatmaps (K, h, w); ``frame``: its image ->
+        canvas map.  Sides are not assigned here."""
 
         spec = self.spec
         stride = spec.coarse_net.out_stride
-        to_image = invert_affine(self.coarse_matrix(radiograph.height, radiograph.width))
+        to_image = invert_affine(frame)
         thr = spec.peak_threshold
         ci = self.coarse_index
 
@@ -231,8 +378,7 @@ class LocatorGeometry:
                     spread={n: v * stride * scale for n, v in spread_hm.items()},
                 )
             )
-        _assign_sides(legs, radiograph)
-        return CoarseResult(legs=legs)
+        return legs
 
     # ------------------------------------------------------------------ fine
     def crop_matrices(self, leg: CoarseLeg) -> list[tuple[str, np.ndarray]]:
@@ -304,6 +450,7 @@ class LocatorGeometry:
                     pts[name] = p
                     conf[name] = c
                     spread[name] = sp
+            outside = _outside_the_film(pts, coarse.height, coarse.width)
             legs.append(
                 LegLandmarks(
                     side=leg.side,
@@ -311,6 +458,7 @@ class LocatorGeometry:
                     confidence={n: float(min(1.0, max(0.0, conf.get(n, 0.0)))) for n in pts},
                     mirrored=leg.mirrored,
                     spread={n: float(spread[n]) for n in pts if n in spread},
+                    outside=outside,
                 )
             )
         legs.sort(key=lambda leg: leg.points.get("knee_centre", (0.0, 0.0))[0])
@@ -342,7 +490,7 @@ class LocatorGeometry:
                     np.hypot(*np.subtract(pts["knee_centre"], pts["femoral_head"]))
                 )
             legs.append(new)
-        return CoarseResult(legs)
+        return CoarseResult(legs, coarse.height, coarse.width)
 
 
 class Locator(LocatorGeometry):
@@ -395,6 +543,102 @@ class Locator(LocatorGeometry):
         if len(crops) == 0:
             return np.zeros((0, len(self.spec.fine_landmarks), 1, 1), np.float32)
         return self._run(self.fine_net, crops)
+
+
+def exposed_box(canvas: np.ndarray, threshold: float = _EXPOSED_LEVEL) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), ends exclusive: the exposed part of an image (its black borders,
+    from letterboxing or collimation, left out).  A row or column is exposed when its
+    90th percentile exceeds ``threshold``; all of it when nothing is."""
+    img = np.asarray(canvas, dtype=np.float32)
+    img = img.reshape(img.shape[-2:])
+    rows = np.flatnonzero(np.percentile(img, 90, axis=1) > threshold)
+    cols = np.flatnonzero(np.percentile(img, 90, axis=0) > threshold)
+    if len(rows) < 2 or len(cols) < 2:
+        return 0, 0, img.shape[1], img.shape[0]
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _box_to_image(box, A: np.ndarray) -> tuple[float, float, float, float]:
+    """A canvas box (pixel index edges, ends exclusive) in image pixels (same convention)
+    through the inverse of the image -> canvas map ``A``."""
+
+    x0, y0, x1, y1 = box
+    inv = invert_affine(A)
+    (ax, ay), (bx, by) = apply_affine(inv, np.array([[x0 - 0.5, y0 - 0.5], [x1 - 0.5, y1 - 0.5]]))
+    return float(ax + 0.5), float(ay + 0.5), float(bx + 0.5), float(by + 0.5)
+
+
+def box_matrix(box, out_h: int, out_w: int, margin: float = 0.0) -> np.ndarray:
+    """Letterbox the image region ``box`` (x0, y0, x1, y1: pixel index edges, ends
+    exclusive) grown by ``margin`` of its size on each side into ``out_h x out_w``,
+    aspect kept, centred."""
+    x0, y0, x1, y1 = box
+    bw, bh = (x1 - x0) * (1 + 2 * margin), (y1 - y0) * (1 + 2 * margin)
+    s = min(out_h / max(bh, 1e-6), out_w / max(bw, 1e-6))
+    cx, cy = (x0 + x1) / 2.0 - 0.5, (y0 + y1) / 2.0 - 0.5  # pixel-centre coordinates
+    return np.array([[s, 0.0, (out_w - 1) / 2.0 - s * cx], [0.0, s, (out_h - 1) / 2.0 - s * cy]])
+
+
+def _split_column(canvas: np.ndarray, box) -> int:
+    """The darkest column (mean over the box's rows) in the middle 40 % of ``box``: the
+    gap, or the soft tissue, between two legs."""
+    img = np.asarray(canvas, dtype=np.float32).reshape(np.shape(canvas)[-2:])
+    x0, y0, x1, y1 = box
+    prof = img[y0:y1, x0:x1].mean(axis=0)
+    lo = int(0.3 * len(prof))
+    hi = max(int(0.7 * len(prof)), lo + 1)
+    return x0 + lo + int(np.argmin(prof[lo:hi]))
+
+
+def complete_leg(leg: CoarseLeg) -> bool:
+    """Head above the knee above the ankle, roughly in line, femur / tibia in a human
+    range: not a leg assembled from the wrong peaks or from joints of both legs."""
+    p = leg.points
+    if not all(n in p for n in ("femoral_head", "knee_centre", "ankle_centre")):
+        return False
+    (hx, hy), (kx, ky), (ax, ay) = p["femoral_head"], p["knee_centre"], p["ankle_centre"]
+    if not (ky - hy > 0 and ay - ky > 0):
+        return False
+    if abs(hx - kx) > _IN_LINE * (ky - hy) or abs(ax - kx) > _IN_LINE * (ay - ky):
+        return False
+    ratio = math.hypot(hx - kx, hy - ky) / math.hypot(ax - kx, ay - ky)
+    return _FEMUR_TIBIA[0] <= ratio <= _FEMUR_TIBIA[1]
+
+
+def _same_leg(a: CoarseLeg, b: CoarseLeg) -> bool:
+    ka, kb = a.points["knee_centre"], b.points["knee_centre"]
+    return abs(ka[0] - kb[0]) < _SAME_LEG * max(a.femur_px, b.femur_px)
+
+
+def _leg_score(leg: CoarseLeg) -> float:
+    return sum(leg.confidence.get(n, 0.0) for n in ("femoral_head", "knee_centre", "ankle_centre"))
+
+
+def _outside_the_film(
+    points: dict[str, tuple[float, float]], height: int | None, width: int | None
+) -> tuple[str, ...]:
+    """The femoral head / ankle centre when it lies at the film's top or bottom edge or
+    beyond: that joint is cut off by the film (the leg is still there; its other
+    landmarks stand)."""
+    if height is None or width is None or "knee_centre" not in points:
+        return ()
+    if "femoral_head" in points:
+        femur = math.hypot(*np.subtract(points["knee_centre"], points["femoral_head"]))
+    elif "ankle_centre" in points:
+        femur = 1.15 * math.hypot(*np.subtract(points["knee_centre"], points["ankle_centre"]))
+    else:
+        return ()
+    margin = _EDGE * femur
+    out = []
+    for name in ("femoral_head", "ankle_centre"):
+        if name not in points:
+            continue
+        y = points[name][1]
+        # along the leg only: a narrow film's side edges pass close to a joint that is
+        # fully on it
+        if min(y, (height - 1) - y) < margin:
+            out.append(name)
+    return tuple(out)
 
 
 def _best_along(cands, knee, above: bool):

@@ -266,9 +266,9 @@ def test_locate_batch_with_untrained_nets_is_well_formed(locator):
             assert all(0.0 <= c <= 1.0 for c in leg.confidence.values())
             assert set(leg.confidence) == set(leg.points)
     assert locate_radiographs(locator, []) == []
-    x = coarse_input(locator, ArrayPixels(films[0].pixels))
+    x = coarse_input(locator, ArrayPixels(films[0].pixels)).images
     assert (
-        x.shape == (1, locator.spec.coarse_height, locator.spec.coarse_width)
+        x.shape[1:] == (1, locator.spec.coarse_height, locator.spec.coarse_width)
         and x.dtype == np.float32
     )
     # batched across films (local engine, mode main) = one film at a time (mode worker)

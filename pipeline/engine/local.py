@@ -41,7 +41,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from legalign.models.checkpoint import load_checkpoint, nets_from_checkpoint
@@ -68,6 +67,7 @@ from legalign.pipeline.engine.worker import (
 )
 from legalign.pipeline.errors import FailureReason, LegalignError
 from legalign.pipeline.failures import failure_dict
+from legalign.pipeline.locate import CoarseView
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -336,7 +336,7 @@ class LocalEngine:
                 film_of(p.info, s.view()) if s is not None else Film(p.info, _source(p))
                 for (_, p), s in zip(batch, shared, strict=True)
             ]
-            coarse = cast(list[np.ndarray], [p.coarse for _, p in batch])  # cut by prepare
+            coarse = cast(list[CoarseView], [p.coarse for _, p in batch])  # cut by prepare
             legs_all = locate_films(self.locator, films, coarse_inputs=coarse)
         except Exception as exc:  # noqa: BLE001 - a batch failure: record every film
             for s in shared:

@@ -362,9 +362,9 @@ class _CoarseActor(_Actor):
         inputs = [s.pop("coarse_input") for s in states]
         heat = coarse_heatmaps(loc, inputs, per_film=self.per_film)
         out: list[Any] = []
-        for s, h in zip(states, heat, strict=True):
+        for s, h, view in zip(states, heat, inputs, strict=True):
             try:
-                s["coarse"] = loc.decode_coarse(h, s["info"])
+                s["coarse"] = loc.decode_coarse(h, s["info"], view)
                 out.append(s)
             except Exception as exc:  # noqa: BLE001 - this film only
                 out.append(exc)

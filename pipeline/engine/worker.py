@@ -47,7 +47,7 @@ from legalign.pipeline.errors import FailureReason, SpacingError
 from legalign.pipeline.failures import failure_dict, one_line
 from legalign.pipeline.geometry_config import GeometryConfig
 from legalign.pipeline.landmarks import LegLandmarks
-from legalign.pipeline.locate import Locator, LocatorGeometry
+from legalign.pipeline.locate import CoarseView, Locator, LocatorGeometry
 from legalign.pipeline.outputs.overlay import thumbnail
 from legalign.pipeline.radiograph import Radiograph
 from legalign.pipeline.read import read_radiograph
@@ -94,7 +94,7 @@ class Prepared:
     info: FilmInfo
     header: Any
     thumb: np.ndarray | None
-    coarse: np.ndarray | None  # float32 (1, Hc, Wc)
+    coarse: CoarseView | None  # what the coarse network sees (coarse_to_fine.coarse_input)
     shm_name: str | None  # the decoded film in shared memory (None: read progressively)
     shape: tuple[int, int]
     timings: dict[str, float]

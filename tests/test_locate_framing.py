@@ -1,0 +1,212 @@
+"""Coarse framing of the locator: exposed region, the two halves of a wide film, legs
+cut off by the film's edge.  Heatmaps are the training targets (no trained model)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from legalign.models import heatmap_codec as hc
+from legalign.models.checkpoint import build_nets
+from legalign.models.crops import apply_affine
+from legalign.pipeline.assemble import build_leg
+from legalign.pipeline.geometry_config import load_geometry_config
+from legalign.pipeline.landmarks import LegLandmarks
+from legalign.pipeline.locate import (
+    CoarseLeg,
+    CoarseResult,
+    CoarseView,
+    FineInputs,
+    Locator,
+    box_matrix,
+    complete_leg,
+    exposed_box,
+)
+from legalign.pipeline.radiograph import Radiograph
+from legalign.training.train import load_train_config
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def locator():
+    spec = dataclasses.replace(load_train_config(SMOKE).model, coarse_height=256, coarse_width=128)
+    torch.manual_seed(0)
+    coarse, fine = build_nets(spec)
+    return Locator(spec, coarse, fine, device="cpu")
+
+
+def leg_points(x0: float, y0: float, femur: float, medial: int) -> dict[str, tuple[float, float]]:
+    m = medial
+    k = (x0 + m * 0.05 * femur, y0 + femur)
+    a = (x0 + m * 0.08 * femur, y0 + 1.85 * femur)
+    return {
+        "femoral_head": (x0, y0),
+        "greater_trochanter": (x0 - m * 0.14 * femur, y0 + 0.01 * femur),
+        "femoral_shaft_proximal": (x0, y0 + 0.3 * femur),
+        "femoral_shaft_distal": (x0 + m * 0.03 * femur, y0 + 0.7 * femur),
+        "knee_centre": k,
+        "ankle_centre": a,
+        "tibial_shaft_proximal": (k[0], k[1] + 0.2 * femur),
+        "tibial_shaft_distal": (k[0] + m * 0.02 * femur, k[1] + 0.65 * femur),
+    }
+
+
+def targets(locator, legs: list[dict], A: np.ndarray) -> np.ndarray:
+    """Coarse heatmaps a perfect network gives for ``legs`` seen through ``A``."""
+    spec = locator.spec
+    stride = spec.coarse_net.out_stride
+    shape = (spec.coarse_height // stride, spec.coarse_width // stride)
+    out = np.zeros((len(spec.coarse_landmarks), *shape), np.float32)
+    for pts in legs:
+        xy = np.array([pts[n] for n in spec.coarse_landmarks])
+        hm = hc.to_heatmap(apply_affine(A, xy), stride)
+        out = np.maximum(out, hc.encode(hm, np.ones(len(xy), bool), shape, spec.coarse_net.sigma))
+    return out
+
+
+def test_exposed_box_and_box_matrix():
+    img = np.zeros((200, 60), np.float32)
+    img[40:160, 10:30] = 0.5
+    assert exposed_box(img) == (10, 40, 30, 160)
+    assert exposed_box(np.zeros((10, 10))) == (0, 0, 10, 10)
+    A = box_matrix((10, 40, 30, 160), 256, 128)
+    # the box's pixel edges land on the canvas's top and bottom pixel edges
+    top, bottom = apply_affine(A, np.array([[19.5, 39.5], [19.5, 159.5]]))
+    assert top[1] == pytest.approx(-0.5) and bottom[1] == pytest.approx(255.5)
+    assert top[0] == pytest.approx((128 - 1) / 2.0)
+
+
+def test_a_leg_on_black_borders_is_framed_to_its_exposed_region(locator):
+    h, w = 1024, 128
+    film = np.zeros((h, w), np.float32)
+    film[256:768, 32:96] = 0.4  # a leg filling half of the frame, letterboxed on black
+    view = locator.coarse_view(h, w, lambda A: _warp(film, A, locator))
+    assert len(view.frames) == 1 and not view.halves
+    ys = apply_affine(view.frames[0], np.array([[64.0, 255.5], [64.0, 767.5]]))[:, 1]
+    assert ys[0] == pytest.approx(-0.5 + 256 * 0.03, abs=6)  # the margin only
+    assert ys[1] - ys[0] > 0.9 * 256
+    # a film exposed to its edges keeps the whole-film letterbox
+    full = np.full((h, w), 0.4, np.float32)
+    view = locator.coarse_view(h, w, lambda A: _warp(full, A, locator))
+    np.testing.assert_allclose(view.frames[0], locator.coarse_matrix(h, w))
+
+
+def _warp(img, A, locator):
+    from legalign.models.crops import warp
+
+    return warp(img, A, (locator.spec.coarse_height, locator.spec.coarse_width))
+
+
+def _bilateral(h=1000, w=300):
+    film = np.zeros((h, w), np.float32)
+    film[20:980, 5:140] = 0.4
+    film[20:980, 160:295] = 0.4
+    right = leg_points(70.0, 150.0, 400.0, +1)
+    left = leg_points(230.0, 170.0, 380.0, -1)
+    return film, right, left
+
+
+def test_a_wide_film_is_also_seen_half_by_half(locator):
+    film, _, _ = _bilateral()
+    view = locator.coarse_view(*film.shape, lambda A: _warp(film, A, locator))
+    assert view.images.shape == (3, 1, 256, 128)
+    assert 140 <= view.split <= 160
+    # each half alone: the other leg's columns are black on its canvas
+    for i, (a, b) in enumerate(view.halves):
+        A = view.frames[1 + i]
+        other_x = 230.0 if i == 0 else 70.0
+        cx = int(round(apply_affine(A, np.array([other_x, 500.0]))[0]))
+        if 0 <= cx < 128:
+            assert view.images[1 + i, 0, :, cx].max() == 0.0
+
+
+def test_a_leg_lost_on_the_whole_film_is_found_in_its_half(locator):
+    film, right, left = _bilateral()
+    rg = Radiograph(path="x", pixels=film)
+    view = locator.coarse_view(*film.shape, lambda A: _warp(film, A, locator))
+    heat = np.stack(
+        [
+            targets(locator, [right], view.frames[0]),  # the whole film shows one leg only
+            targets(locator, [right], view.frames[1]),
+            targets(locator, [left], view.frames[2]),
+        ]
+    )
+    res = locator.decode_coarse(heat, rg, view)
+    assert sorted(leg.side for leg in res.legs) == ["left", "right"]
+    by_side = {leg.side: leg for leg in res.legs}
+    assert np.hypot(*np.subtract(by_side["left"].points["knee_centre"], left["knee_centre"])) < 4
+    assert (res.height, res.width) == film.shape
+
+
+def test_two_good_legs_on_the_whole_film_stand(locator):
+    film, right, left = _bilateral()
+    rg = Radiograph(path="x", pixels=film)
+    view = locator.coarse_view(*film.shape, lambda A: _warp(film, A, locator))
+    whole = targets(locator, [right, left], view.frames[0])
+    zero = np.zeros_like(whole)
+    res = locator.decode_coarse(np.stack([whole, zero, zero]), rg, view)
+    assert sorted(leg.side for leg in res.legs) == ["left", "right"]
+
+
+def test_a_single_leg_across_the_split_is_kept(locator):
+    film, right, _ = _bilateral()
+    rg = Radiograph(path="x", pixels=film)
+    # a rotated single leg: head on the left of the split, ankle on the right
+    tilted = dict(right)
+    tilted["femoral_head"] = (120.0, 150.0)
+    tilted["ankle_centre"] = (200.0, 890.0)
+    tilted["knee_centre"] = (160.0, 550.0)
+    view = CoarseView(
+        np.zeros((3, 1, 256, 128), np.float32),
+        [
+            locator.coarse_matrix(*film.shape),
+            box_matrix((0, 0, 180, 1000), 256, 128),
+            box_matrix((130, 0, 300, 1000), 256, 128),
+        ],
+        halves=[(0.0, 180.0), (130.0, 300.0)],
+        split=150.0,
+    )
+    heat = np.stack(
+        [targets(locator, [tilted], A) for A in view.frames[:1]]
+        + [np.zeros_like(targets(locator, [tilted], view.frames[0]))] * 2
+    )
+    res = locator.decode_coarse(heat, rg, view)
+    assert len(res.legs) == 1
+    assert complete_leg(res.legs[0])
+
+
+def test_complete_leg_rejects_joints_of_two_legs():
+    good = CoarseLeg(leg_points(70, 150, 400, +1), {}, 1, 400.0)
+    assert complete_leg(good)
+    mixed = dict(good.points)
+    mixed["femoral_head"] = (300.0, 150.0)  # the other leg's head, far to the side
+    assert not complete_leg(CoarseLeg(mixed, {}, 1, 400.0))
+    short_femur = dict(good.points)
+    short_femur["knee_centre"] = (70.0, 250.0)  # a "knee" at the hip
+    assert not complete_leg(CoarseLeg(short_femur, {}, 1, 400.0))
+
+
+def test_a_joint_cut_off_by_the_film_is_outside_with_its_reason(locator):
+    pts = leg_points(60.0, 6.0, 300.0, +1)  # the head centre at the top edge
+    coarse = CoarseResult([CoarseLeg(pts, {n: 0.9 for n in pts}, 1, 300.0)], height=700, width=128)
+    empty = FineInputs(np.zeros((0, 1, 8, 8), np.float32), [], [])
+    (leg,) = locator.decode_fine(coarse, empty, np.zeros((0, 8, 4, 4), np.float32))
+    assert leg.outside == ("femoral_head",)
+    assert "femoral_head" not in leg.points and "knee_centre" in leg.points
+    res = build_leg(leg, None, load_geometry_config(None))
+    assert res.measurements.hka_deg is None
+    assert res.null_reasons["hka_deg"] == "femoral_head outside the film"
+    # a head well inside the film is not
+    inside = CoarseResult(
+        [CoarseLeg(leg_points(60.0, 80.0, 300.0, +1), {}, 1, 300.0)], height=700, width=128
+    )
+    (leg,) = locator.decode_fine(inside, empty, np.zeros((0, 8, 4, 4), np.float32))
+    assert leg.outside == () and "femoral_head" in leg.points
+    assert LegLandmarks("right", {}, outside=("ankle_centre",)).as_other_leg(10).outside == (
+        "ankle_centre",
+    )
