@@ -117,7 +117,7 @@ def test_a_wide_film_is_also_seen_half_by_half(locator):
     assert view.images.shape == (3, 1, 256, 128)
     assert 140 <= view.split <= 160
     # each half alone: the other leg's columns are black on its canvas
-    for i, (a, b) in enumerate(view.halves):
+    for i in range(len(view.halves)):
         A = view.frames[1 + i]
         other_x = 230.0 if i == 0 else 70.0
         cx = int(round(apply_affine(A, np.array([other_x, 500.0]))[0]))
