@@ -296,8 +296,9 @@ class _RecordingPixels:
 
 
 def test_stage_reads_pixels_only_through_film_pixels():
-    """The stage asks its FilmPixels for the whole film at the coarse size once and for
-    each crop at the fine size; its answers are what ArrayPixels gives."""
+    """The stage asks its FilmPixels for the whole film at the coarse size (once, plus
+    once for its exposed region and once per half of a wide film) and for each crop at
+    the fine size; its answers are what ArrayPixels gives."""
     from legalign.training.datasets import load_dataset
 
     rad = load_dataset("synthetic:1:small", seed=1_000_321)[0].to_radiograph()
@@ -308,7 +309,7 @@ def test_stage_reads_pixels_only_through_film_pixels():
     assert got == locate_radiographs(loc, [rad])[0] and got
     sizes = {kind: {s for k, s in source.calls if k == kind} for kind in ("whole", "crop")}
     assert sizes["whole"] == {(spec.coarse_height, spec.coarse_width)}
-    assert [k for k, _ in source.calls].count("whole") == 1
+    assert 1 <= [k for k, _ in source.calls].count("whole") <= 4
     assert sizes["crop"] == {(spec.fine_size, spec.fine_size)}
 
 
