@@ -72,11 +72,13 @@ _TILE_OVERLAP = 0.1
 _SAME_LEG = 0.3
 _FEMUR_TIBIA = (0.8, 1.7)
 _IN_LINE = 0.45
-# a head or ankle centre closer than this share of the femur length to the film's edge
-# (or beyond it) is outside the film: the joint is cut off (a femoral head's radius is
-# about 0.055 femur lengths; the network places a cut-off head on what is left of it,
-# 0.02-0.08 femur lengths inside the edge), whatever the network answered there
-_EDGE = 0.09
+# a femoral head / ankle centre closer than this share of the femur length to the film's
+# top or bottom edge (or beyond it) is outside the film: the joint is cut off, whatever
+# the network answered there.  The network places a cut-off head on what is left of it,
+# 0.02-0.08 femur lengths inside the edge (a head's radius is about 0.055); a cut-off
+# ankle right at the edge, while a whole ankle (the talus below the plafond) can be as
+# close as 0.08 (a native synthetic film)
+_EDGE = {"femoral_head": 0.09, "ankle_centre": 0.03}
 
 
 @dataclass(frozen=True)
@@ -628,15 +630,14 @@ def _outside_the_film(
         femur = 1.15 * math.hypot(*np.subtract(points["knee_centre"], points["ankle_centre"]))
     else:
         return ()
-    margin = _EDGE * femur
     out = []
-    for name in ("femoral_head", "ankle_centre"):
+    for name, share in _EDGE.items():
         if name not in points:
             continue
         y = points[name][1]
         # along the leg only: a narrow film's side edges pass close to a joint that is
         # fully on it
-        if min(y, (height - 1) - y) < margin:
+        if min(y, (height - 1) - y) < share * femur:
             out.append(name)
     return tuple(out)
 
