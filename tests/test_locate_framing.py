@@ -12,7 +12,7 @@ import torch
 
 from legalign.models import heatmap_codec as hc
 from legalign.models.checkpoint import build_nets
-from legalign.models.crops import apply_affine
+from legalign.models.crops import apply_affine, warp
 from legalign.pipeline.assemble import build_leg
 from legalign.pipeline.geometry_config import load_geometry_config
 from legalign.pipeline.landmarks import LegLandmarks
@@ -97,8 +97,6 @@ def test_a_leg_on_black_borders_is_framed_to_its_exposed_region(locator):
 
 
 def _warp(img, A, locator):
-    from legalign.models.crops import warp
-
     return warp(img, A, (locator.spec.coarse_height, locator.spec.coarse_width))
 
 
@@ -197,10 +195,14 @@ def test_a_joint_cut_off_by_the_film_is_outside_with_its_reason(locator):
     empty = FineInputs(np.zeros((0, 1, 8, 8), np.float32), [], [])
     (leg,) = locator.decode_fine(coarse, empty, np.zeros((0, 8, 4, 4), np.float32))
     assert leg.outside == ("femoral_head",)
-    assert "femoral_head" not in leg.points and "knee_centre" in leg.points
-    res = build_leg(leg, None, load_geometry_config(None))
+    # the located place is kept (reported) but not measured from
+    assert "femoral_head" in leg.points and "knee_centre" in leg.points
+    res = build_leg(leg, None, load_geometry_config(None), film_size=(128, 700))
     assert res.measurements.hka_deg is None
     assert res.null_reasons["hka_deg"] == "femoral_head outside the film"
+    head = res.landmarks["femoral_head"]
+    assert not head.used and head.flag == "outside_film"
+    assert res.landmarks["knee_centre"].used
     # a head well inside the film is not
     inside = CoarseResult(
         [CoarseLeg(leg_points(60.0, 80.0, 300.0, +1), {}, 1, 300.0)], height=700, width=128
