@@ -4,6 +4,7 @@ cut off by the film's edge.  Heatmaps are the training targets (no trained model
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from legalign.pipeline.locate import (
     Locator,
     box_matrix,
     complete_leg,
+    crop_angle,
     exposed_box,
 )
 from legalign.pipeline.radiograph import Radiograph
@@ -212,3 +214,28 @@ def test_a_joint_cut_off_by_the_film_is_outside_with_its_reason(locator):
     assert LegLandmarks("right", {}, outside=("ankle_centre",)).as_other_leg(10).outside == (
         "ankle_centre",
     )
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_crops_follow_a_tilted_leg(locator, flip):
+    """An upright leg's crops are not turned; a leg tilted by 8 deg is seen through crops
+    that leave it tilted by only the upright tolerance (2 deg), mirrored or not."""
+    upright = leg_points(100.0, 100.0, 400.0, +1)
+    upright["ankle_centre"] = (100.0 + 20.0, 840.0)  # tilted 1.5 deg: upright enough
+    assert crop_angle(upright, flip) == 0.0
+    tilt = math.radians(8.0)
+    tilted = {
+        "femoral_head": (100.0, 100.0),
+        "knee_centre": (100.0 + 400.0 * math.tan(tilt), 500.0),
+        "ankle_centre": (100.0 + 800.0 * math.tan(tilt), 900.0),
+    }
+    leg = CoarseLeg(tilted, {}, -1 if flip else 1, 400.0)
+    mats = locator.crop_matrices(leg)
+    assert mats
+    for _, A in mats:
+        h, a = apply_affine(A, np.array([tilted["femoral_head"], tilted["ankle_centre"]]))
+        seen = math.degrees(math.atan2(a[0] - h[0], a[1] - h[1]))
+        assert abs(seen) == pytest.approx(2.0, abs=1e-6)
+    # an upright leg's crops are the axis-aligned ones of training
+    for _, A in locator.crop_matrices(CoarseLeg(upright, {}, 1, 400.0)):
+        assert A[0, 1] == 0.0 and A[1, 0] == 0.0
