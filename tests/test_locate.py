@@ -21,6 +21,7 @@ from legalign.models.checkpoint import (
     nets_from_checkpoint,
     save_checkpoint,
 )
+from legalign.pipeline import locate as locate_module
 from legalign.pipeline.coarse_to_fine import (
     ArrayPixels,
     Film,
@@ -220,8 +221,12 @@ def test_contradictory_trochanters_fall_back_to_midline():
 
 
 @pytest.mark.parametrize("mirrored", [False, True])
-def test_fine_targets_decode_to_ground_truth(locator, mirrored):
+def test_fine_targets_decode_to_ground_truth(locator, mirrored, monkeypatch):
     spec = locator.spec
+    # the crops of training (fine_sample, no augmentation) are the locator's for a leg
+    # within the upright tolerance; this synthetic leg is tilted beyond it, so the
+    # tolerance is widened here (tilted legs: tests/test_locate_framing.py)
+    monkeypatch.setattr(locate_module, "_UPRIGHT_DEG", 90.0)
     film = bilateral_film(mirrored)
     rg = Radiograph(path="x", pixels=film.image, mirrored=mirrored)
     res = coarse_from_targets(locator, film, rg)
