@@ -249,6 +249,81 @@ def test_sr_in_source_study_with_landmark_points(tmp_path, synth_dicom):
         assert errors == []
 
 
+# set from the clock at construction: the only values two builds of one report may differ in
+_NOW_KEYWORDS = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _sr_json(ds) -> dict:
+    from pydicom.datadict import tag_for_keyword
+
+    j = ds.to_json_dict()
+    for kw in _NOW_KEYWORDS:
+        assert f"{tag_for_keyword(kw):08X}" in j, kw
+        j.pop(f"{tag_for_keyword(kw):08X}")
+    for seq, kw in (
+        ("VerifyingObserverSequence", "VerificationDateTime"),
+        ("ContributingEquipmentSequence", "ContributionDateTime"),
+    ):
+        for item in j.get(f"{tag_for_keyword(seq):08X}", {}).get("Value", []):
+            item.pop(f"{tag_for_keyword(kw):08X}", None)
+    return j
+
+
+@pytest.mark.parametrize("reviewed", [False, True])
+def test_sr_document_equals_highdicom_constructor(synth_dicom, reviewed):
+    """The fast SR document (no deep copy of the content tree) is the dataset highdicom's
+    own Comprehensive3DSR constructor makes of the same report: every attribute, every
+    content item, the evidence sequence and the flags; only creation times may differ."""
+    import highdicom as hd
+
+    from legalign.pipeline.outputs.dicom_sr import measurement_report, sr_document, sr_kwargs
+
+    _, film, header, rad = synth_dicom
+    d = _result(rad, film, low=("left", "knee_centre", 0.15), spread=2.0).to_dict()
+    review = (
+        {
+            "right": {"state": "amended", "reason": None, "amended": ["femoral_head"]},
+            "left": {"state": "rejected", "reason": "Film cut", "reason_code": "REJ1"},
+        }
+        if reviewed
+        else None
+    )
+    verifier = "Doe^Jane" if reviewed else None
+    report = measurement_report(d, header, review=review)
+    uids = {
+        "series_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+        "series_number": 9801,
+        "sop_instance_uid": "1.2.826.0.1.3680043.8.498.2",
+        "verifier": verifier,
+    }
+    reference = hd.sr.Comprehensive3DSR(evidence=[header], content=report, **sr_kwargs(**uids))
+    fast = sr_document(report, header, **uids)
+    assert _sr_json(fast) == _sr_json(reference)
+    assert fast.VerificationFlag == ("VERIFIED" if reviewed else "UNVERIFIED")
+    assert len(list(fast.iterall())) == len(list(reference.iterall())) > 1000
+    # sr.content: the typed root container, as highdicom's constructor gives it
+    assert type(fast.content[0]) is type(reference.content[0])
+    assert len(fast.content[0].ContentSequence) == len(reference.content[0].ContentSequence)
+
+
+def test_sr_document_refuses_content_referencing_other_images(synth_dicom):
+    """The evidence check highdicom's constructor does on the tree is kept: a report whose
+    image regions point at another instance than the evidence is refused."""
+    import copy
+
+    from legalign.pipeline.outputs.dicom_sr import measurement_report, sr_document
+
+    _, film, header, rad = synth_dicom
+    d = _result(rad, film).to_dict()
+    report = measurement_report(d, header)
+    other = copy.deepcopy(header)
+    other.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+    with pytest.raises(ValueError, match="not its evidence"):
+        sr_document(
+            report, other, series_instance_uid="1.2.3", series_number=1, sop_instance_uid="1.2.4"
+        )
+
+
 def test_sc_of_overlay_in_source_study(tmp_path, synth_dicom):
     from legalign.pipeline.outputs.dicom_sc import build_sc
     from legalign.pipeline.outputs.overlay import render_overlay, thumbnail

@@ -23,6 +23,7 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from legalign.pipeline import __version__
@@ -113,6 +114,108 @@ def build_sr(
     reason") evaluation per leg and an "Amended by reviewer" flag per moved landmark.
     ``verifier``: the reviewer's name; the SR is then marked VERIFIED by that observer.
     """
+    report = measurement_report(result, source, review=review)
+    sr = sr_document(
+        report,
+        source,
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        verifier=verifier,
+    )
+    sr.SeriesDescription = "legalign alignment measurements (planning support only)"
+    return sr
+
+
+def sr_kwargs(
+    *, series_instance_uid: str, series_number: int, sop_instance_uid: str, verifier: str | None
+) -> dict[str, Any]:
+    """The Comprehensive 3D SR document arguments besides evidence and content."""
+    return {
+        "series_instance_uid": series_instance_uid,
+        "series_number": series_number,
+        "sop_instance_uid": sop_instance_uid,
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "is_complete": True,
+        "is_final": False,
+        "is_verified": verifier is not None,
+        "verifying_observer_name": verifier,
+        "verifying_organization": "legalign review" if verifier is not None else None,
+    }
+
+
+def sr_document(
+    report: Any,
+    source: Any,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    verifier: str | None = None,
+) -> Any:
+    """``hd.sr.Comprehensive3DSR(evidence=[source], content=report, ...)`` without its
+    deep copy of the content tree (the same dataset, built in a fraction of the time).
+
+    highdicom's constructor deep-copies the whole content tree and parses the copy into
+    typed content items only to keep them as ``sr.content``, then walks the tree to check
+    that every referenced image is in the evidence; the dataset it writes holds the
+    original items.  For a film's report (about 900 nested items) that took 3/4 of the
+    SR's build time.  Here the document is built by highdicom around the root container
+    *without* its children (header, evidence, flags, observer: all highdicom's), then the
+    root's children are attached as highdicom does (``sr[tag] = root[tag]``) and
+    ``sr.content`` is the report itself (already typed items).  The evidence check is
+    kept: every image the tree references must be the source (the only evidence).
+    tests/test_outputs.py compares this document with highdicom's own constructor.
+    """
+    root = report[0]
+    referenced = _referenced_sop_instances(root)
+    if not referenced <= {str(source.SOPInstanceUID)}:
+        raise ValueError(
+            "the SR content references images that are not its evidence: "
+            + ", ".join(sorted(referenced - {str(source.SOPInstanceUID)}))
+        )
+    shell = Dataset()
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            shell.add(elem)
+    shell.ContentSequence = []
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source],
+        content=shell,
+        **sr_kwargs(
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            verifier=verifier,
+        ),
+    )
+    for elem in root:
+        sr[elem.tag] = elem
+    # ``sr.content`` (a private attribute in highdicom 0.28; the test checks the property)
+    sr._content = hd.sr.ContentSequence([root], is_root=True)
+    return sr
+
+
+def _referenced_sop_instances(item: Any) -> set[str]:
+    """The SOP instance UIDs of every IMAGE / COMPOSITE item under ``item``."""
+    found: set[str] = set()
+    stack = list(item.get("ContentSequence") or [])
+    while stack:
+        it = stack.pop()
+        if it.get("ValueType") in ("IMAGE", "COMPOSITE"):
+            found.add(str(it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        stack.extend(it.get("ContentSequence") or [])
+    return found
+
+
+def measurement_report(
+    result: dict[str, Any],
+    source: Any,
+    *,
+    review: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """The TID 1500 Measurement Report content of an image result (see build_sr)."""
 
     algorithm = hd.sr.AlgorithmIdentification(name="legalign", version=__version__)
     observer = hd.sr.ObserverContext(
@@ -273,25 +376,9 @@ def build_sr(
                     qualitative_evaluations=evaluations or None,
                 )
             )
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=hd.sr.CodedConcept("39714003", "SCT", "Skeletal X-ray of lower limb"),
         imaging_measurements=groups or None,
         referenced_images=None if groups else [source],
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[source],
-        content=report,
-        series_instance_uid=series_instance_uid or hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=verifier is not None,
-        verifying_observer_name=verifier,
-        verifying_organization="legalign review" if verifier is not None else None,
-    )
-    sr.SeriesDescription = "legalign alignment measurements (planning support only)"
-    return sr
