@@ -94,14 +94,17 @@ class LocatorRules:
     """Run-time rules of the coarse stage (``configs/locator.yaml``)."""
 
     # a coarse leg counts when its joint peaks (head + knee + ankle, one not found: 0) sum
-    # to at least this
+    # to at least this on the whole film's canvas ...
     min_leg_score: float
+    # ... and to at least this on the canvas of one half of a wide film (a half alone is
+    # seen enlarged: its noise peaks differently from the whole film's)
+    min_half_leg_score: float
 
     def validate(self) -> None:
-        if not 0.0 < self.min_leg_score < len(JOINTS):
-            raise ConfigError(
-                f"min_leg_score: must be in (0, {len(JOINTS)}), got {self.min_leg_score}"
-            )
+        for key in ("min_leg_score", "min_half_leg_score"):
+            value = getattr(self, key)
+            if not 0.0 < value < len(JOINTS):
+                raise ConfigError(f"{key}: must be in (0, {len(JOINTS)}), got {value}")
 
 
 @lru_cache(maxsize=1)
@@ -247,9 +250,9 @@ class LocatorGeometry:
         ``view`` (``coarse_view``), or (K, h, w) for the whole film letterboxed.
 
         Uses only the view's maps, the film's size and its DICOM ``mirrored``/``laterality``.
-        A leg counts when its joint peaks sum to ``rules.min_leg_score`` (a film of noise
-        gives the shipped model "legs" of weak, scattered peaks: ``configs/locator.yaml``);
-        the rule holds on every canvas, the halves' too.
+        A leg counts when its joint peaks sum to ``rules.min_leg_score`` on the whole
+        film's canvas, ``rules.min_half_leg_score`` on a half's (a film of noise gives the
+        shipped model "legs" of weak, scattered peaks: ``configs/locator.yaml``).
         """
         if view is None:
             view = CoarseView(
@@ -258,7 +261,7 @@ class LocatorGeometry:
             )
         if heatmaps.ndim == 3:
             heatmaps = heatmaps[None]
-        legs = self._decode_canvas(heatmaps[0], view.frames[0])
+        legs = self.canvas_legs(heatmaps[0], view.frames[0], self.rules.min_leg_score)
         if view.halves:
             legs = self._with_halves(legs, heatmaps, view)
         _assign_sides(legs, radiograph)
@@ -284,11 +287,7 @@ class LocatorGeometry:
         own: list[CoarseLeg | None] = []
         for i, ((a, b), frame) in enumerate(zip(view.halves, view.frames[1:], strict=True)):
             lo, hi = (a, split) if i == 0 else (split, b)
-            cands = [
-                leg
-                for leg in self._decode_canvas(heatmaps[1 + i], frame)
-                if complete_leg(leg) and lo <= leg.points["knee_centre"][0] < hi
-            ]
+            cands = self.half_legs(heatmaps[1 + i], frame, (lo, hi))
             own.append(max(cands, key=_leg_score) if cands else None)
         if own[0] is not None and own[1] is not None and not _same_leg(own[0], own[1]):
             return [own[0], own[1]]
@@ -304,9 +303,30 @@ class LocatorGeometry:
                 out.append(leg)
         return out
 
-    def _decode_canvas(self, heatmaps: np.ndarray, frame: np.ndarray) -> list[CoarseLeg]:
-        """Up to two legs from one canvas's heatmaps (K, h, w); ``frame``: its image ->
-        canvas map.  Sides are not assigned here."""
+    def half_legs(
+        self,
+        heatmaps: np.ndarray,
+        frame: np.ndarray,
+        columns: tuple[float, float],
+        min_score: float | None = None,
+    ) -> list[CoarseLeg]:
+        """The complete legs (``complete_leg``) one half's canvas shows with their knee
+        in the image ``columns`` [lo, hi), scoring ``min_score`` (default
+        ``rules.min_half_leg_score``)."""
+        score = self.rules.min_half_leg_score if min_score is None else min_score
+        lo, hi = columns
+        return [
+            leg
+            for leg in self.canvas_legs(heatmaps, frame, score)
+            if complete_leg(leg) and lo <= leg.points["knee_centre"][0] < hi
+        ]
+
+    def canvas_legs(
+        self, heatmaps: np.ndarray, frame: np.ndarray, min_score: float
+    ) -> list[CoarseLeg]:
+        """Up to two legs from one canvas's heatmaps (K, h, w), each with joint peaks
+        summing to ``min_score``; ``frame``: its image -> canvas map.  Sides are not
+        assigned here."""
 
         spec = self.spec
         stride = spec.coarse_net.out_stride
@@ -360,7 +380,7 @@ class LocatorGeometry:
                 refine("femoral_head", h[:2], 2.0)
             if a is not None:
                 refine("ankle_centre", a[:2], 2.0)
-            if sum(conf.get(n, 0.0) for n in JOINTS) < self.rules.min_leg_score:
+            if sum(conf.get(n, 0.0) for n in JOINTS) < min_score:
                 continue  # weak scattered peaks (a film of noise) are not a leg
             femur_hm = leg_scale(pts_hm)
             if femur_hm is None:

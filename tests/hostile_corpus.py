@@ -597,7 +597,8 @@ def build_corpus(root: str | os.PathLike[str]) -> Corpus:
     variant("window width 0", "headers/window0.dcm", USABLE, set_(WindowWidth="0"))
 
     # no usable legs: a film of noise in a valid header (these seeds gave the shipped model
-    # a low-confidence leg before configs/locator.yaml's min_leg_score)
+    # a low-confidence leg before configs/locator.yaml's min_leg_score; seed 9 one in a half
+    # of the film before its min_half_leg_score)
     def noise(seed: int) -> Callable:
         def fill(v):
             rng = np.random.default_rng(seed)

@@ -109,7 +109,9 @@ def test_cli_export_of_a_checkpoint_with_the_default_exporter(tmp_path, capsys, 
     # min_leg_score (chosen on the shipped model): let every coarse leg count, so that the
     # exported networks have landmarks to be compared on
     monkeypatch.setattr(
-        locate, "default_locator_rules", lambda: locate.LocatorRules(min_leg_score=1e-6)
+        locate,
+        "default_locator_rules",
+        lambda: locate.LocatorRules(min_leg_score=1e-6, min_half_leg_score=1e-6),
     )
 
     ckpt = tiny_checkpoint(tmp_path / "small.pt", seed=3, out_std=0.5, peak_threshold=0.01)

@@ -190,7 +190,17 @@ def test_match_is_one_to_one_and_nearest():
     assert m[0][1] == pytest.approx(np.hypot(2, 1) / 50)
 
 
-def _row(kind, found=True, side="right", hka=1.0, orig=1.2, readers=None, outside=(), reason=None):
+def _row(
+    kind,
+    found=True,
+    side="right",
+    hka=1.0,
+    orig=1.2,
+    readers=None,
+    outside=(),
+    reason=None,
+    review=False,
+):
     return {
         "file": "f.png",
         "kind": kind,
@@ -205,13 +215,15 @@ def _row(kind, found=True, side="right", hka=1.0, orig=1.2, readers=None, outsid
         "outside": list(outside),
         "error": None,
         "n_predicted": 1,
+        "review": review if found else None,
     }
 
 
 def test_summary_counts_misses_sides_and_cut_legs():
     rows = [
         _row("letterbox", hka=1.0, orig=1.2, readers=0.5),
-        _row("letterbox", hka=2.0, orig=1.0, readers=1.5),
+        _row("letterbox", hka=2.0, orig=1.0, readers=1.5, review=True),
+        _row("letterbox", hka=1.65, orig=1.0),
         _row("letterbox", found=False),
         _row("bilateral", side="left"),
         _row("partial", hka=None, outside=["femoral_head"], reason="femoral_head outside the film"),
@@ -220,7 +232,9 @@ def test_summary_counts_misses_sides_and_cut_legs():
     refs = {"s": {"hka": 1.0, "readers": 0.4}}
     rep = summarise_rows(rows, refs)
     lb = rep["by_kind"]["letterbox"]
-    assert (lb["legs"], lb["found_correct_side"], lb["missed"]) == (3, 2, 1)
+    assert (lb["legs"], lb["found_correct_side"], lb["missed"]) == (4, 3, 1)
+    # legs more than 0.6 deg from their original's HKA, and how many are flagged
+    assert (lb["hka_far"], lb["hka_far_flagged_for_review"]) == (2, 1)
     assert lb["hka_delta_deg"]["max"] == pytest.approx(1.0)
     assert lb["readers"]["mad"] == pytest.approx(0.5)
     assert rep["by_kind"]["bilateral"]["wrong_side"] == 1
@@ -233,7 +247,9 @@ def test_summary_counts_misses_sides_and_cut_legs():
     assert part["hka_delta_deg"]["n"] == 0  # a cut leg's HKA is never compared
     assert len(rep["misses"]) == 2
     rep["seconds_per_variant"] = 0.1
-    assert "| letterbox | 3 | 2 | 1 |" in format_framing_report(rep)
+    table = format_framing_report(rep)
+    assert "| letterbox | 4 | 3 | 1 |" in table
+    assert "| 2 (1) |" in table
 
 
 def test_cli_build_and_evaluate_with_a_tiny_model(sources, tmp_path, capsys):

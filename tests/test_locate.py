@@ -154,7 +154,10 @@ def test_weak_scattered_joint_peaks_are_no_leg(locator):
     assert len(legs) == 2
     # the rule is the locator's own: a lower minimum keeps the noise-like legs
     low = Locator(
-        locator.spec, locator.coarse_net, locator.fine_net, rules=LocatorRules(min_leg_score=0.5)
+        locator.spec,
+        locator.coarse_net,
+        locator.fine_net,
+        rules=LocatorRules(min_leg_score=0.5, min_half_leg_score=0.5),
     )
     assert len(low.decode_coarse(_joint_peaks(locator, target, noise_like), rg).legs) == 2
     assert set(JOINTS) <= set(locator.spec.coarse_landmarks)
@@ -163,12 +166,17 @@ def test_weak_scattered_joint_peaks_are_no_leg(locator):
 def test_locator_rules_are_validated_with_the_key_named():
     shipped = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "locator.yaml")
     assert from_mapping(LocatorRules, shipped) == default_locator_rules()
+    ok = {"min_leg_score": 1.0, "min_half_leg_score": 1.5}
     with pytest.raises(ConfigError, match="min_leg_score"):
-        from_mapping(LocatorRules, {"min_leg_score": 3.5})
+        from_mapping(LocatorRules, {**ok, "min_leg_score": 3.5})
     with pytest.raises(ConfigError, match="min_leg_score"):
-        from_mapping(LocatorRules, {"min_leg_score": "high"})
+        from_mapping(LocatorRules, {**ok, "min_leg_score": "high"})
+    with pytest.raises(ConfigError, match="min_half_leg_score"):
+        from_mapping(LocatorRules, {**ok, "min_half_leg_score": 0.0})
+    with pytest.raises(ConfigError, match="min_half_leg_score"):
+        from_mapping(LocatorRules, {"min_leg_score": 1.0})
     with pytest.raises(ConfigError, match="unknown key"):
-        from_mapping(LocatorRules, {"min_leg_score": 1.0, "extra": 1})
+        from_mapping(LocatorRules, {**ok, "extra": 1})
 
 
 def test_unknown_orientation_assumes_standard_display(locator):
@@ -368,6 +376,35 @@ def test_shipped_default_model_finds_synthetic_legs():
             err = np.hypot(*np.subtract(got.points[name], gt.points[name]))
             assert err < 3.0, (gt.side, name, err)  # mm at 1 mm/px
             assert got.confidence[name] > 0.3
+
+
+def test_shipped_default_model_finds_no_leg_on_noise(tmp_path):
+    """Uniform 12-bit noise in a valid DICOM header of a wide film (seen whole and half by
+    half): no leg on any canvas with the shipped rules (``configs/locator.yaml``); with a
+    half's minimum as low as the whole film's, seed 9 shows a "leg" in one half."""
+    from legalign.pipeline.read import read_radiograph
+    from legalign.training.synth.dicom_archive import DicomOptions, build_dataset
+    from legalign.training.synth.film import generate_film
+
+    ds = build_dataset(generate_film(3, size="small"), DicomOptions(), index=3, seed=3)
+    shipped = Locator.from_checkpoint(None)
+    rules = shipped.rules
+    lax = Locator(
+        shipped.spec,
+        shipped.coarse_net,
+        shipped.fine_net,
+        rules=LocatorRules(rules.min_leg_score, min_half_leg_score=rules.min_leg_score),
+    )
+    found = {}
+    for seed in (9, 23, 24, 29):
+        rng = np.random.default_rng(seed)
+        ds.PixelData = rng.integers(0, 4096, ds.Rows * ds.Columns, dtype="<u2").tobytes()
+        path = tmp_path / f"noise{seed}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        rg = read_radiograph(str(path))
+        assert locate_radiographs(shipped, [rg])[0] == [], seed
+        found[seed] = len(locate_radiographs(lax, [rg])[0])
+    assert found[9] >= 1, found
 
 
 def test_multi_scale_crops_average_back_to_the_point(spec):

@@ -23,6 +23,7 @@ from legalign.pipeline.locate import (
     CoarseView,
     FineInputs,
     Locator,
+    LocatorRules,
     box_matrix,
     complete_leg,
     crop_angle,
@@ -141,6 +142,37 @@ def test_a_leg_lost_on_the_whole_film_is_found_in_its_half(locator):
     by_side = {leg.side: leg for leg in res.legs}
     assert np.hypot(*np.subtract(by_side["left"].points["knee_centre"], left["knee_centre"])) < 4
     assert (res.height, res.width) == film.shape
+
+
+def test_a_half_leg_must_score_the_halves_own_minimum(locator):
+    """A half of a wide film is seen enlarged, where noise peaks higher than on the whole
+    film: a leg seen in a half alone must reach ``min_half_leg_score``."""
+    film, right, left = _bilateral()
+    rg = Radiograph(path="x", pixels=film)
+    strict = Locator(
+        locator.spec,
+        locator.coarse_net,
+        locator.fine_net,
+        rules=LocatorRules(min_leg_score=1.0, min_half_leg_score=2.0),
+    )
+    view = strict.coarse_view(*film.shape, lambda A: _warp(film, A, strict))
+
+    def sides(peak: float) -> list[str]:
+        half = targets(strict, [left], view.frames[2])
+        for name in ("femoral_head", "knee_centre", "ankle_centre"):
+            ch = strict.coarse_index[name]
+            half[ch] *= peak / float(half[ch].max())
+        heat = np.stack(
+            [
+                targets(strict, [right], view.frames[0]),
+                targets(strict, [right], view.frames[1]),
+                half,
+            ]
+        )
+        return sorted(leg.side for leg in strict.decode_coarse(heat, rg, view).legs)
+
+    assert sides(0.6) == ["right"]  # 1.8: a leg on the whole film, not in a half
+    assert sides(0.7) == ["left", "right"]  # 2.1
 
 
 def test_two_good_legs_on_the_whole_film_stand(locator):

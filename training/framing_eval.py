@@ -31,6 +31,9 @@ from legalign.pipeline.api import analyse, load_config, load_locator
 from legalign.training.framing import load_manifest
 
 CORE = ("femoral_head", "knee_centre", "ankle_centre")
+# a variant's HKA this far from its original's (deg) is counted apart, with how many of
+# those legs the product flags for review (issue #11's "0.6 deg for all")
+FAR_DEG = 0.6
 
 
 def _leg_info(leg: Any) -> dict[str, Any]:
@@ -41,6 +44,7 @@ def _leg_info(leg: Any) -> dict[str, Any]:
         "points": pts,
         "hka": getattr(leg.measurements, "hka_deg", None),
         "hka_reason": leg.null_reasons.get("hka_deg"),
+        "review": bool(leg.review),
     }
 
 
@@ -202,6 +206,7 @@ def evaluate_framing(
                 "knee_error_femur": None if j < 0 else float(d),
                 "hka": p["hka"] if p else None,
                 "hka_reason": p["hka_reason"] if p else None,
+                "review": p["review"] if p else None,
                 "hka_original": ref["hka"],
                 "readers_hka": leg.get("readers_hka"),
                 "outside": leg.get("outside", []),
@@ -230,6 +235,14 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for r in ok
         if r["hka"] is not None and r["hka_original"] is not None and not r["outside_core"]
     ]
+    far = [
+        r
+        for r in ok
+        if r["hka"] is not None
+        and r["hka_original"] is not None
+        and not r["outside_core"]
+        and abs(r["hka"] - r["hka_original"]) > FAR_DEG
+    ]
     no_hka = [r for r in ok if r["hka"] is None and not r["outside_core"]]
     readers = [
         r["hka"] - r["readers_hka"]
@@ -244,6 +257,8 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "wrong_side": len(found) - len(ok),
         "extra_legs": sum(r.get("extra_legs", 0) for r in rows),
         "hka_delta_deg": _stats(deltas),
+        "hka_far": len(far),
+        "hka_far_flagged_for_review": sum(1 for r in far if r.get("review")),
         "found_without_hka": len(no_hka),
         "readers": _readers_stats(readers),
         "cut_legs": len(cut),
@@ -287,8 +302,9 @@ def _f(v: Any, nd: int = 2) -> str:
 def format_framing_report(report: dict[str, Any], max_misses: int = 15) -> str:
     lines = [
         "| kind | legs | found, side right | missed | wrong side | extra | "
-        "dHKA mean / p95 / max (deg) | no HKA | readers MAD / bias (n) | cut: outside the film |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"dHKA mean / p95 / max (deg) | dHKA > {FAR_DEG} (flagged for review) | no HKA | "
+        "readers MAD / bias (n) | cut: outside the film |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     blocks = [*report["by_kind"].items(), ("all", report["overall"])]
     for name, b in blocks:
@@ -297,7 +313,8 @@ def format_framing_report(report: dict[str, Any], max_misses: int = 15) -> str:
         lines.append(
             f"| {name} | {b['legs']} | {b['found_correct_side']} | {b['missed']} | "
             f"{b['wrong_side']} | {b['extra_legs']} | {_f(h['mean'])} / {_f(h['p95'])} / "
-            f"{_f(h['max'])} | {b['found_without_hka']} | {_f(rd['mad'])} / {_f(rd['bias'])} "
+            f"{_f(h['max'])} | {b['hka_far']} ({b['hka_far_flagged_for_review']}) | "
+            f"{b['found_without_hka']} | {_f(rd['mad'])} / {_f(rd['bias'])} "
             f"({rd['n']}) | {cut} |"
         )
     o = report["originals"]

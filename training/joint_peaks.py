@@ -1,5 +1,5 @@
-"""Measure the coarse leg scores that ``configs/locator.yaml``'s ``min_leg_score``
-separates: real legs against the "legs" a film of pure noise gives.
+"""Measure the coarse leg scores that ``configs/locator.yaml``'s ``min_leg_score`` and
+``min_half_leg_score`` separate: real legs against the "legs" a film of pure noise gives.
 
     python -m legalign.training.joint_peaks \\
         --landmarks ../shared/data/oai-sample/annotations/val.json \\
@@ -8,8 +8,12 @@ separates: real legs against the "legs" a film of pure noise gives.
 
 A leg's score is the sum of its three coarse joint peaks (femoral head, knee centre,
 ankle centre; a joint not found counts 0), as ``LocatorGeometry.decode_coarse`` decodes
-them.  Every film is decoded with the checkpoint's own ``peak_threshold`` only (the rule
-under test is not applied) and the score of each leg found is kept.  Real films: the
+them, on each canvas the coarse stage sees (``LocatorGeometry.coarse_view``): the whole
+film (framed to its exposed region) and, on a film wide enough for two legs, each half
+alone (the complete legs of a half, ``LocatorGeometry.half_legs``).  The two kinds are
+reported apart: a half is seen enlarged, and noise peaks differently there.  Every film
+is decoded with the checkpoint's own ``peak_threshold`` only (the rules under test are
+not applied) and the score of each leg found is kept.  Real films: the
 films the model did not train on (the val split, the readers' films) and, with
 ``--framing``, every image of a framing test set (``legalign framing build``: letterbox,
 bilateral, partial, rotated and native variants of those films).  Noise films: a
@@ -23,9 +27,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from legalign.pipeline.api import radiograph_from
 from legalign.pipeline.coarse_to_fine import coarse_heatmaps, coarse_input, radiograph_film
@@ -40,12 +46,34 @@ from legalign.training.synth.film import generate_film
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 
 
-def leg_scores(locator: Locator, radiograph) -> list[float]:
-    """The score (sum of the joint peaks) of each coarse leg on one film."""
+@dataclass
+class Scores:
+    """Leg scores by canvas: the whole film's, and the halves' of a wide film."""
+
+    whole: list[float] = field(default_factory=list)
+    halves: list[float] = field(default_factory=list)
+
+    def __iadd__(self, other: Scores) -> Scores:
+        self.whole += other.whole
+        self.halves += other.halves
+        return self
+
+
+def _score(leg) -> float:
+    return sum(leg.confidence.get(n, 0.0) for n in JOINTS)
+
+
+def leg_scores(locator: Locator, radiograph) -> Scores:
+    """The score (sum of the joint peaks) of each coarse leg on each canvas of one film."""
     film = radiograph_film(radiograph)
-    heat = coarse_heatmaps(locator, [coarse_input(locator, film.pixels)])[0]
-    legs = locator.decode_coarse(heat, film.shape).legs
-    return [sum(leg.confidence.get(n, 0.0) for n in JOINTS) for leg in legs]
+    view = coarse_input(locator, film.pixels)
+    heat = coarse_heatmaps(locator, [view])[0]
+    out = Scores(whole=[_score(leg) for leg in locator.canvas_legs(heat[0], view.frames[0], 0.0)])
+    split = view.split if view.split is not None else 0.0
+    for i, ((a, b), frame) in enumerate(zip(view.halves, view.frames[1:], strict=True)):
+        columns = (a, split) if i == 0 else (split, b)
+        out.halves += [_score(leg) for leg in locator.half_legs(heat[1 + i], frame, columns, 0.0)]
+    return out
 
 
 def _summary(values: list[float]) -> str:
@@ -58,20 +86,29 @@ def _summary(values: list[float]) -> str:
     )
 
 
-def noise_scores(locator: Locator, seeds: int) -> tuple[int, list[float]]:
-    """(films, leg scores) of uniform-noise DICOM films (12 and 16 bits, ``seeds`` each)."""
-    ds = build_dataset(generate_film(0, size="small"), DicomOptions(), index=0, seed=0)
-    scores: list[float] = []
+# synthetic films whose DICOM headers carry the noise: their shapes differ (width / height
+# 0.26-0.36, all wide enough to be seen half by half), and noise peaks differently on each
+NOISE_HEADER_FILMS = (0, 3, 7)
+
+
+def noise_scores(locator: Locator, seeds: int) -> tuple[int, Scores]:
+    """(films, leg scores) of uniform-noise DICOM films (12 and 16 bits, ``seeds`` each)
+    in the headers of the synthetic bilateral films ``NOISE_HEADER_FILMS``."""
+    scores = Scores()
     films = 0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "noise.dcm"
-        for seed in range(seeds):
-            rng = np.random.default_rng(seed)
-            for top in (1 << 12, 1 << 16):
-                ds.PixelData = rng.integers(0, top, ds.Rows * ds.Columns, dtype="<u2").tobytes()
-                ds.save_as(path, enforce_file_format=True)
-                scores += leg_scores(locator, read_radiograph(str(path)))
-                films += 1
+        for film_seed in NOISE_HEADER_FILMS:
+            film = generate_film(film_seed, size="small")
+            ds = build_dataset(film, DicomOptions(), index=film_seed, seed=film_seed)
+            for seed in tqdm(range(seeds), desc=f"noise {ds.Columns}x{ds.Rows}", leave=False):
+                rng = np.random.default_rng(seed)
+                for top in (1 << 12, 1 << 16):
+                    pixels = rng.integers(0, top, ds.Rows * ds.Columns, dtype="<u2")
+                    ds.PixelData = pixels.tobytes()
+                    ds.save_as(path, enforce_file_format=True)
+                    scores += leg_scores(locator, read_radiograph(str(path)))
+                    films += 1
     return films, scores
 
 
@@ -84,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=int, default=40, help="noise seeds per bit depth")
     args = ap.parse_args(argv)
 
-    # the checkpoint's own peak_threshold only: the rule under test is not applied
-    locator = Locator.from_checkpoint(args.model, rules=LocatorRules(min_leg_score=1e-6))
+    # the checkpoint's own peak_threshold only: the rules under test are not applied
+    locator = Locator.from_checkpoint(
+        args.model, rules=LocatorRules(min_leg_score=1e-6, min_half_leg_score=1e-6)
+    )
     print(f"checkpoint peak_threshold {locator.spec.peak_threshold}")
     groups: dict[str, list[str]] = {}
     for ann in args.landmarks:
@@ -100,16 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         for kind in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
             files = [p for p in sorted(kind.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
             groups.setdefault(f"framing {kind.name}", []).extend(map(str, files))
-    lowest = np.inf
+    lowest = Scores([np.inf], [np.inf])
     for name, paths in groups.items():
-        scores: list[float] = []
-        for path in paths:
+        scores = Scores()
+        for path in tqdm(paths, desc=name, unit="film", leave=False):
             scores += leg_scores(locator, radiograph_from(path))
-        lowest = min(lowest, min(scores, default=np.inf))
-        print(f"{name} ({len(paths)} films): leg score {_summary(scores)}")
+        lowest += Scores([min(scores.whole, default=np.inf)], [min(scores.halves, default=np.inf)])
+        print(f"{name} ({len(paths)} films): whole film: leg score {_summary(scores.whole)}")
+        print(f"{name} ({len(paths)} films): halves: leg score {_summary(scores.halves)}")
     films, noise = noise_scores(locator, args.noise)
-    print(f"noise films ({films}): {len(noise)} legs, leg score {_summary(noise)}")
-    print(f"real legs' lowest score {lowest:.3f}, noise legs' highest {max(noise, default=0):.3f}")
+    print(f"noise films ({films}): whole film: leg score {_summary(noise.whole)}")
+    print(f"noise films ({films}): halves: leg score {_summary(noise.halves)}")
+    for kind, key in (("whole film", "whole"), ("halves", "halves")):
+        real, fake = min(getattr(lowest, key)), max(getattr(noise, key), default=0.0)
+        print(f"{kind}: real legs' lowest score {real:.3f}, noise legs' highest {fake:.3f}")
     return 0
 
 
