@@ -272,18 +272,18 @@ class LocatorGeometry:
     ) -> list[CoarseLeg]:
         """Combine the whole-film legs with the legs seen in each half alone.
 
-        Two complete legs on both sides of the split stand; otherwise, when each half
-        alone shows a complete leg (and they are two legs), those two; otherwise each
-        half without a complete whole-film leg gets its own leg, if it shows one.
+        When each half alone shows a complete leg (and they are two legs), those two: a
+        half cannot lend one leg's joints to the other (on the whole film of two legs
+        side by side, the weaker leg can take its head from between the legs or from the
+        other leg).  Otherwise two complete whole-film legs on both sides of the split
+        stand; otherwise each half without a complete whole-film leg gets its own leg, if
+        it shows one.
         """
         split = view.split if view.split is not None else 0.0
 
         def half_of(leg: CoarseLeg) -> int:
             return 0 if leg.points["knee_centre"][0] < split else 1
 
-        good = [leg for leg in legs if complete_leg(leg)]
-        if len(good) == 2 and half_of(good[0]) != half_of(good[1]):
-            return legs
         own: list[CoarseLeg | None] = []
         for i, ((a, b), frame) in enumerate(zip(view.halves, view.frames[1:], strict=True)):
             lo, hi = (a, split) if i == 0 else (split, b)
@@ -291,6 +291,9 @@ class LocatorGeometry:
             own.append(max(cands, key=_leg_score) if cands else None)
         if own[0] is not None and own[1] is not None and not _same_leg(own[0], own[1]):
             return [own[0], own[1]]
+        good = [leg for leg in legs if complete_leg(leg)]
+        if len(good) == 2 and half_of(good[0]) != half_of(good[1]):
+            return legs
         out = list(good)
         for leg in own:
             if leg is not None and len(out) < 2 and not any(_same_leg(leg, g) for g in out):

@@ -175,6 +175,30 @@ def test_a_half_leg_must_score_the_halves_own_minimum(locator):
     assert sides(0.7) == ["left", "right"]  # 2.1
 
 
+def test_the_halves_legs_win_over_a_whole_film_leg_with_a_borrowed_joint(locator):
+    """Two legs side by side: on the whole film the weaker leg can take its head from
+    between the legs (a complete-looking leg); each half alone shows the true leg."""
+    film, right, left = _bilateral()
+    rg = Radiograph(path="x", pixels=film)
+    view = locator.coarse_view(*film.shape, lambda A: _warp(film, A, locator))
+    borrowed = dict(left, femoral_head=(175.0, 190.0))  # 55 px towards the right leg
+    assert complete_leg(
+        CoarseLeg(points=borrowed, confidence={}, medial_sign=-1, femur_px=380.0)
+    )  # the whole film alone cannot tell
+    heat = np.stack(
+        [
+            targets(locator, [right, borrowed], view.frames[0]),
+            targets(locator, [right], view.frames[1]),
+            targets(locator, [left], view.frames[2]),
+        ]
+    )
+    res = locator.decode_coarse(heat, rg, view)
+    by_side = {leg.side: leg for leg in res.legs}
+    assert sorted(by_side) == ["left", "right"]
+    head = by_side["left"].points["femoral_head"]
+    assert np.hypot(*np.subtract(head, left["femoral_head"])) < 4, head
+
+
 def test_two_good_legs_on_the_whole_film_stand(locator):
     film, right, left = _bilateral()
     rg = Radiograph(path="x", pixels=film)
