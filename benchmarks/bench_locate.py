@@ -1,6 +1,10 @@
 """Time the coarse-to-fine stage (``pipeline.coarse_to_fine``) on native-resolution synthetic films (CPU by default).
 
     python benchmarks/bench_locate.py [--checkpoint PATH] [--films 3] [--repeats 5] [--threads 2]
+    python benchmarks/bench_locate.py --dataset ../shared/data/oai-sample/annotations/val.json --films 10
+
+``--dataset``: any ``training.datasets.load_dataset`` spec instead (e.g. real 128 x 1024
+films from a COCO file; the first ``--films`` films are timed).
 
 Prints the per-stage and total seconds per film (median over repeats, after a warm-up),
 and the landmark errors against the films' ground truth.
@@ -21,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=2_000_000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dataset", default=None, help="default: synthetic:FILMS:native")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -34,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     loc = Locator.from_checkpoint(args.checkpoint, device=args.device)
-    ds = load_dataset(f"synthetic:{args.films}:native", seed=args.seed)
-    films = [ds[i] for i in range(len(ds))]
+    if args.dataset is None:
+        ds = load_dataset(f"synthetic:{args.films}:native", seed=args.seed)
+        what = "native synthetic films"
+    else:
+        ds = load_dataset(args.dataset)
+        what = f"films of {args.dataset}"
+    films = [ds[i] for i in range(min(args.films, len(ds)))]
     from legalign.pipeline.radiograph import Radiograph
 
     stage_t: dict[str, list[float]] = {
@@ -68,13 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in zip(stage_t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t6 - t5), strict=True):
                 stage_t[k].append(v)
     h, w = films[0].image.shape
-    print(
-        f"{len(films)} native synthetic films (~{w} x {h} px), {args.threads} threads, device {args.device}"
-    )
+    print(f"{len(films)} {what} (~{w} x {h} px), {args.threads} threads, device {args.device}")
     for k, v in stage_t.items():
         print(f"  {k:13s} {np.median(v):.3f} s/film (median)")
     legs, failures, timing = evaluate_films(films, lambda rg: c2f.locate_radiographs(loc, [rg])[0])
-    print("native synthetic films:\n" + format_report(summarise(legs, failures, extra=timing)))
+    print(f"{what}:\n" + format_report(summarise(legs, failures, extra=timing)))
     return 0
 
 
