@@ -90,13 +90,23 @@ def test_interval_width_shown_when_the_run_has_intervals(run):
     d["legs"][0]["measurements"]["hka_deg_lo"] = -3.0
     d["legs"][0]["measurements"]["hka_deg_hi"] = 0.5
     path.write_text(json.dumps(d))
+
+    def row_of(svc):
+        rows = {(r["film_id"], r["side"]): r for r in svc.worklist()}
+        film_id = next(f.film_id for f in svc.folder.films.values() if f.json_path == path)
+        return rows[(film_id, d["legs"][0]["side"])]
+
     svc = _service(run)
-    rows = {(r["film_id"], r["side"]): r for r in svc.worklist()}
-    film_id = next(f.film_id for f in svc.folder.films.values() if f.json_path == path)
-    row = rows[(film_id, d["legs"][0]["side"])]
+    row = row_of(svc)
     assert row["hka_interval_deg"] == pytest.approx(3.5)
-    assert any("HKA interval 3.5" in f for f in row["flags"])  # wider than 2.0 deg
     assert svc.has_intervals()
+    # the worklist flags what the run flagged (configs/geometry.yaml's one threshold)
+    assert not any("HKA interval" in f for f in row["flags"])
+    d["legs"][0]["review"] = True
+    d["legs"][0]["review_reasons"] = ["HKA interval 3.5 deg wide (> 2.5)"]
+    path.write_text(json.dumps(d))
+    row = row_of(_service(run))
+    assert "HKA interval 3.5 deg wide (> 2.5)" in row["flags"] and row["flagged"]
 
 
 def test_dragging_a_point_recomputes_with_the_pipelines_geometry(client, run):
@@ -498,14 +508,14 @@ def test_jpeg2000_films_are_previewed_without_a_full_decode(tmp_path, monkeypatc
     import cv2
 
     from legalign.pipeline.read import read_radiograph
-    from legalign.pipeline.review.images import FilmPixels
+    from legalign.pipeline.review.images import PixelCache
     from legalign.training.synth import dicom_archive as dicom
     from legalign.training.synth import generate_film
 
     path = tmp_path / "j2k.dcm"
     film = generate_film(3, size="small", distractors=False)
     dicom.write_film_dicom(path, film, dicom.DicomOptions(transfer_syntax="j2k"), index=0, seed=3)
-    pixels = FilmPixels(tmp_path, preview_max_rows=256, capacity=1)
+    pixels = PixelCache(tmp_path, preview_max_rows=256, capacity=1)
 
     def no_full_decode(*a, **k):
         raise AssertionError("full decode called for the preview")

@@ -199,7 +199,7 @@ LEGEND: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("  - femoral joint line", CYAN),
     ("  - tibial joint line", MAGENTA),
     ("  - planned wedge and hinge", ORANGE),
-    ("  x low-confidence landmark (not used)", RED),
+    ("  x landmark not used (outside the film, no peak)", RED),
 )
 
 

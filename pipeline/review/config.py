@@ -15,11 +15,9 @@ class FlagRules:
     status_not_ok: bool
     low_confidence: bool
     planned_osteotomy: bool
-    max_hka_interval_deg: float
-
-    def validate(self) -> None:
-        if not self.max_hka_interval_deg > 0:
-            raise ConfigError("max_hka_interval_deg: must be > 0")
+    # the run's own review flag (a wide HKA interval: configs/geometry.yaml's
+    # review.max_hka_interval_deg, applied when the film was analysed), with its reasons
+    run_review: bool
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from legalign.pipeline.read.progressive import open_progressive
 CACHE_DIR = ".review-cache"
 
 
-class FilmPixels:
+class PixelCache:
     """Decoded films (LRU) and their rendered previews and crops."""
 
     def __init__(self, cache_root: Path, preview_max_rows: int, capacity: int = 3) -> None:

@@ -172,7 +172,7 @@ def _interval_columns(root: Path) -> dict[tuple[str, str], dict[str, float]]:
     }
 
 
-def review_flags(leg: dict[str, Any], width: float | None, rules: FlagRules) -> list[str]:
+def review_flags(leg: dict[str, Any], rules: FlagRules) -> list[str]:
     """Why a leg needs a reviewer's look (empty: nothing flagged)."""
     out = []
     if rules.status_not_ok and leg.get("status") != "ok":
@@ -182,6 +182,6 @@ def review_flags(leg: dict[str, Any], width: float | None, rules: FlagRules) -> 
     level = (leg.get("plan") or {}).get("level")
     if rules.planned_osteotomy and level:
         out.append(f"planned {level}")
-    if width is not None and width > rules.max_hka_interval_deg:
-        out.append(f"HKA interval {width:.1f} deg")
+    if rules.run_review and leg.get("review"):
+        out.extend(leg.get("review_reasons") or ["flagged by the run"])
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from legalign.pipeline.review.config import ReviewConfig
-from legalign.pipeline.review.images import FilmPixels
+from legalign.pipeline.review.images import PixelCache
 from legalign.pipeline.review.results import Film, ResultsFolder, review_flags
 from legalign.pipeline.review.reviewed import reviewed_result
 from legalign.pipeline.review.store import (
@@ -26,7 +26,7 @@ class ReviewService:
     store: ReviewStore
     config: ReviewConfig
     geometry: Any  # pipeline.geometry_config.GeometryConfig
-    pixels: FilmPixels
+    pixels: PixelCache
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -43,7 +43,7 @@ class ReviewService:
     ) -> ReviewService:
         folder = ResultsFolder.open(results_dir, search_roots=search_roots)
         store = ReviewStore.for_results(folder.root)
-        pixels = FilmPixels(folder.root, config.viewer.preview_max_rows, config.viewer.film_cache)
+        pixels = PixelCache(folder.root, config.viewer.preview_max_rows, config.viewer.film_cache)
         return cls(folder, store, config, geometry, pixels)
 
     # ------------------------------------------------------------ recomputation
@@ -114,7 +114,7 @@ class ReviewService:
                 cur = _leg(current, side)
                 lo, hi = self.folder.interval(film, leg)
                 width = hi - lo if lo is not None and hi is not None else None
-                flags = review_flags(leg, width, self.config.flags)
+                flags = review_flags(leg, self.config.flags)
                 confs = [
                     lm["confidence"]
                     for lm in (leg.get("landmarks") or {}).values()
@@ -179,7 +179,7 @@ class ReviewService:
             "lld_mm_model": film.result.get("lld_mm"),
             "lld_mm": current.get("lld_mm"),
             "hka_interval": [lo, hi] if width is not None else None,
-            "flags": review_flags(leg, width, self.config.flags),
+            "flags": review_flags(leg, self.config.flags),
             "state": states[leg_id].to_dict(),
             "other_legs": [
                 {"side": lg["side"], "landmarks": _leg(current, lg["side"]).get("landmarks")}
