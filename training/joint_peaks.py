@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     films, noise = noise_scores(locator, args.noise)
     print(f"noise films ({films}): whole film: leg score {_summary(noise.whole)}")
     print(f"noise films ({films}): halves: leg score {_summary(noise.halves)}")
-    for kind, key in (("whole film", "whole"), ("halves", "halves")):
+    for canvas, key in (("whole film", "whole"), ("halves", "halves")):
         real, fake = min(getattr(lowest, key)), max(getattr(noise, key), default=0.0)
-        print(f"{kind}: real legs' lowest score {real:.3f}, noise legs' highest {fake:.3f}")
+        print(f"{canvas}: real legs' lowest score {real:.3f}, noise legs' highest {fake:.3f}")
     return 0
 
 
