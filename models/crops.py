@@ -155,8 +155,12 @@ def warp_plan(
         ),
     )
     pad = 2 * f + 2
-    x0 = max(0, int(math.floor(corners[:, 0].min())) - pad)
-    y0 = max(0, int(math.floor(corners[:, 1].min())) - pad)
+    # the blocks lie on the image's own f-pixel lattice (x0, y0 multiples of f), not on
+    # one that starts at the region's corner: a crop moved by a fraction of a pixel then
+    # averages the same blocks, so its pixels move smoothly with it (a block grid that
+    # followed the corner jumped by one image pixel whenever the corner crossed one)
+    x0 = max(0, int(math.floor(corners[:, 0].min())) - pad) // f * f
+    y0 = max(0, int(math.floor(corners[:, 1].min())) - pad) // f * f
     x1 = min(w, int(math.ceil(corners[:, 0].max())) + pad + 1)
     y1 = min(h, int(math.ceil(corners[:, 1].max())) + pad + 1)
     if x1 - x0 < f or y1 - y0 < f:

@@ -324,3 +324,29 @@ def test_decoder_choice(tmp_path, film):
             _open(path, decoder="gpu")
     with pytest.raises(ValueError, match="decoder"):
         _open(path, decoder="fast")
+
+
+def test_centred_levels_give_the_full_paths_blocks():
+    """A pixel-centred level whose samples are the means of their 2**k blocks (what DCT
+    scaling approximates, what the GPU plugin computes) gives exactly the full path's
+    blocks when they hold whole samples; the linear interpolant (right for a JPEG 2000
+    DWT level) would blur them."""
+    import cv2
+
+    from legalign.models.crops import warp_plan
+    from legalign.pipeline.read.progressive import block_means
+
+    rng = np.random.default_rng(5)
+    img = rng.random((400, 320)).astype(np.float32)
+    for k in (1, 2):
+        p = 1 << k
+        level = img.reshape(400 // p, p, 320 // p, p).mean(axis=(1, 3))
+        t = 0.5 / p - 0.5
+        M = np.array([[1.0 / p, 0.0, t], [0.0, 1.0 / p, t]])
+        A = crop_matrix((151.3, 207.8), 260.0, 32, False)  # blocks of 8
+        plan = warp_plan(img.shape, A, (32, 32))
+        assert plan is not None and plan.f == 8
+        sub = img[plan.y0 : plan.y1, plan.x0 : plan.x1]
+        want = cv2.resize(sub, (sub.shape[1] // 8, sub.shape[0] // 8), interpolation=cv2.INTER_AREA)
+        assert np.allclose(block_means(level, M, plan, centred=True), want, atol=1e-5)
+        assert np.abs(block_means(level, M, plan, centred=False) - want).max() > 1e-2

@@ -22,12 +22,24 @@ FINE_TOLERANCE_PX = 0.5  # landmarks the fine crops place
 COARSE_ONLY_TOLERANCE_PX = 2.0  # shaft points: one coarse heatmap pixel is ~100 native px
 HKA_TOLERANCE_DEG = 0.05
 OAI = Path(__file__).resolve().parents[2] / "shared" / "data" / "oai-sample"
-_FRAMING_XFAIL = pytest.mark.xfail(
+# The one case still apart (measured after the fixes below): on native seed 2003 stored as
+# baseline JPEG the ankle centre of one leg differs by 0.65 px.  Both halves of the
+# difference come from the fine network's sensitivity, not from a reading error: the same
+# crops cut from the full decode at the progressive path's crop positions give 0.39 px
+# (the coarse knee/ankle ~0.5 px apart: the canvas from a DCT-scaled level differs from the
+# full decode's by 1e-4 grey on average), and the progressive crops at the full path's
+# positions give 0.31 px (the ankle crop's blocks of 5 pixels straddle the level-1 DCT
+# samples: mean difference 5e-4 grey).  A fine answer moves by up to ~2.5 px per pixel the
+# crop moves (its stride-16 features: measured on real_films[j2k] #0's medial condyle).
+# Fixed: the crops' block grid jumping by a pixel whenever a crop corner crossed one
+# (models.crops.warp_plan; real_films j2k #0: 0.85 -> 0.20 px) and DCT levels resampled as
+# blocks, not through a linear interpolant (progressive.block_means; real_films jpeg #1:
+# 0.86 -> 0.18 px).
+_JPEG_2003_XFAIL = pytest.mark.xfail(
     strict=False,
-    reason="open regression since the coarse framing (exposed region / halves, commit "
-    "ed3032e): on some films the progressive path's fine landmarks differ from the full "
-    "decode's by 0.8-1.6 px (> 0.5 px), HKA within 0.016 deg (< 0.05): measured on "
-    "real_films[j2k, jpeg] and native jpeg-2003",
+    reason="native seed 2003 as baseline JPEG: ankle centre 0.65 px apart (> 0.5 px), HKA "
+    "0.008 deg: the fine network's sensitivity to its crop's position and to the "
+    "DCT-scaled level's pixels (see the comment above)",
 )
 
 
@@ -77,9 +89,16 @@ def test_native_j2k_film_same_landmarks(tmp_path, locator):
 
 
 @pytest.mark.slow
-@_FRAMING_XFAIL
-@pytest.mark.parametrize("seed", [2002, 2003, 2004])
-@pytest.mark.parametrize("syntax", ["j2k", "htj2k", "jpeg"])
+@pytest.mark.parametrize(
+    ("syntax", "seed"),
+    [
+        pytest.param(syntax, seed, marks=_JPEG_2003_XFAIL)
+        if (syntax, seed) == ("jpeg", 2003)
+        else (syntax, seed)
+        for syntax in ("j2k", "htj2k", "jpeg")
+        for seed in (2002, 2003, 2004)
+    ],
+)
 def test_native_films_same_landmarks(tmp_path, locator, seed, syntax):
     if syntax == "htj2k" and not htj2k_available():
         pytest.skip("no HTJ2K encoder (the optional imagecodecs package)")
@@ -96,7 +115,6 @@ def test_native_films_same_landmarks(tmp_path, locator, seed, syntax):
 
 
 @pytest.mark.slow
-@_FRAMING_XFAIL
 @pytest.mark.skipif(not OAI.is_dir(), reason="../shared/data/oai-sample is not here")
 @pytest.mark.parametrize("syntax", ["j2k", "jpeg"])
 def test_real_films_same_landmarks(tmp_path, locator, syntax):
