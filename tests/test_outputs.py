@@ -306,6 +306,56 @@ def test_sr_document_equals_highdicom_constructor(synth_dicom, reviewed):
     assert len(fast.content[0].ContentSequence) == len(reference.content[0].ContentSequence)
 
 
+def test_sr_encoding_marks_skip_pydicoms_per_item_pass_and_keep_the_bytes(synth_dicom, monkeypatch):
+    """The content items' declared encoding spares pydicom's ambiguous-VR pass on each
+    item (it runs once from the top) and the encoded file is byte for byte the one
+    written without the marks."""
+    import copy
+    import io
+
+    import pydicom.filewriter as fw
+
+    from legalign.pipeline.outputs.dicom_sr import build_sr
+
+    _, film, header, rad = synth_dicom
+    d = _result(rad, film, low=("left", "knee_centre", 0.15)).to_dict()
+    sr = build_sr(d, header, series_instance_uid="1.2.3", sop_instance_uid="1.2.4")
+    plain = copy.deepcopy(sr)
+    items = 0
+    seen: set[int] = set()
+    stack = list(plain.ContentSequence)
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:  # a code or reference item shared by several groups
+            continue
+        seen.add(id(item))
+        items += 1
+        assert item.original_encoding == (False, True)
+        item.set_original_encoding(None, None, "")
+        stack.extend(it for e in item if e.VR == "SQ" for it in e.value)
+    assert items > 500
+
+    calls = {"n": 0}
+    original = fw.correct_ambiguous_vr
+
+    def counting(ds, *a, **k):
+        calls["n"] += 1
+        return original(ds, *a, **k)
+
+    monkeypatch.setattr(fw, "correct_ambiguous_vr", counting)
+
+    def encode(ds) -> tuple[bytes, int]:
+        calls["n"] = 0
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue(), calls["n"]
+
+    marked, n_marked = encode(sr)
+    unmarked, n_unmarked = encode(plain)
+    assert marked == unmarked
+    assert n_unmarked > 4 * items and n_marked < n_unmarked / 4
+
+
 def test_sr_document_refuses_content_referencing_other_images(synth_dicom):
     """The evidence check highdicom's constructor does on the tree is kept: a report whose
     image regions point at another instance than the evidence is refused."""

@@ -194,7 +194,32 @@ def sr_document(
         sr[elem.tag] = elem
     # ``sr.content`` (a private attribute in highdicom 0.28; the test checks the property)
     sr._content = hd.sr.ContentSequence([root], is_root=True)
+    _mark_content_encoding(sr)
     return sr
+
+
+def _mark_content_encoding(sr: Any) -> None:
+    """Declare every content item's encoding (explicit VR little endian, the SR's transfer
+    syntax) so that pydicom's writer does not re-run its ambiguous-VR pass on each item.
+
+    pydicom runs that pass (``correct_ambiguous_vr``, recursive) on every dataset whose
+    original encoding differs from the one it is written in: a freshly built dataset has
+    none, so the whole subtree of each of the ~900 nested items was walked again, about
+    half of the SR's encoding time.  ``set_original_encoding`` is pydicom's way of saying
+    a dataset needs no such fix-up; it is set only on content items (built here, no raw
+    elements) without an ambiguous-VR element of their own, so the pass still runs once
+    over the whole document from its top level and on any item that needs it.  Another
+    transfer syntax at save time differs from the declared one and gets the full pass.
+    The encoded bytes are unchanged (tests/test_outputs.py).
+    """
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        if not any(" or " in elem.VR for elem in item):
+            item.set_original_encoding(False, True, item._character_set)
+        for elem in item:
+            if elem.VR == "SQ":
+                stack.extend(elem.value)
 
 
 def _referenced_sop_instances(item: Any) -> set[str]:
