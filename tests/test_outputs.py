@@ -412,3 +412,21 @@ def test_summary_counts_and_reasons():
     assert d["files_per_s"] == pytest.approx(2.0)
     assert d["stages"]["read"]["seconds_per_film"] == pytest.approx(0.5)
     assert "unreadable 2" in s.format_text()
+
+
+def test_summary_rates_per_syntax_leave_out_files_never_read():
+    from legalign.pipeline.outputs.summary import RunSummary
+
+    s = RunSummary()
+    s.add_processed(
+        {"read": {"syntax": "jpeg2000", "decoder": "openjpeg"}, "timings_s": {"read": 1.0}}
+    )
+    s.add_processed(
+        {"read": {"syntax": "jpeg2000", "decoder": "openjpeg"}, "timings_s": {"read": 3.0}}
+    )
+    s.add_processed({"status": "failed", "timings_s": {"read": 0.001}})  # refused unread
+    s.processed_this_run, s.elapsed_s = 3, 2.0
+    by = s.to_dict()["by_syntax"]
+    assert list(by) == ["jpeg2000"]
+    assert by["jpeg2000"]["films"] == 2 and by["jpeg2000"]["films_per_s"] == pytest.approx(1.0)
+    assert "unknown" not in s.format_text()

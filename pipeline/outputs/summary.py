@@ -74,9 +74,13 @@ class RunSummary:
         self.stage_counts[stage] = self.stage_counts.get(stage, 0) + int(count)
 
     def add_processed(self, d: dict[str, Any]) -> None:
-        """Count one file processed in this run by its transfer syntax (``d["read"]``)."""
+        """Count one file processed in this run by its transfer syntax (``d["read"]``).
+        A file that was never read (refused before its pixels) has no syntax and no rate
+        worth stating: it is counted under its failure reason only."""
         read = d.get("read") or {}
-        label = read.get("syntax") or "unknown"
+        label = read.get("syntax")
+        if not label:
+            return
         self.syntax_films[label] += 1
         seconds = sum(float(v) for v in (d.get("timings_s") or {}).values())
         self.syntax_seconds[label] = self.syntax_seconds.get(label, 0.0) + seconds
