@@ -164,6 +164,12 @@ class CoarseView:
     halves: list[tuple[float, float]] = field(default_factory=list)
     split: float | None = None
 
+    def half_columns(self) -> list[tuple[float, float]]:
+        """Per half, the image columns [lo, hi) its own leg's knee lies in: from the
+        half's outer edge to the split (the overlap belongs to the other half)."""
+        split = self.split if self.split is not None else 0.0
+        return [(a, split) if i == 0 else (split, b) for i, (a, b) in enumerate(self.halves)]
+
 
 @dataclass
 class FineInputs:
@@ -285,9 +291,10 @@ class LocatorGeometry:
             return 0 if leg.points["knee_centre"][0] < split else 1
 
         own: list[CoarseLeg | None] = []
-        for i, ((a, b), frame) in enumerate(zip(view.halves, view.frames[1:], strict=True)):
-            lo, hi = (a, split) if i == 0 else (split, b)
-            cands = self.half_legs(heatmaps[1 + i], frame, (lo, hi))
+        for i, (columns, frame) in enumerate(
+            zip(view.half_columns(), view.frames[1:], strict=True)
+        ):
+            cands = self.half_legs(heatmaps[1 + i], frame, columns)
             own.append(max(cands, key=_leg_score) if cands else None)
         if own[0] is not None and own[1] is not None and not _same_leg(own[0], own[1]):
             return [own[0], own[1]]

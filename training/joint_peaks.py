@@ -69,9 +69,7 @@ def leg_scores(locator: Locator, radiograph) -> Scores:
     view = coarse_input(locator, film.pixels)
     heat = coarse_heatmaps(locator, [view])[0]
     out = Scores(whole=[_score(leg) for leg in locator.canvas_legs(heat[0], view.frames[0], 0.0)])
-    split = view.split if view.split is not None else 0.0
-    for i, ((a, b), frame) in enumerate(zip(view.halves, view.frames[1:], strict=True)):
-        columns = (a, split) if i == 0 else (split, b)
+    for i, (columns, frame) in enumerate(zip(view.half_columns(), view.frames[1:], strict=True)):
         out.halves += [_score(leg) for leg in locator.half_legs(heat[1 + i], frame, columns, 0.0)]
     return out
 
