@@ -43,6 +43,7 @@ from legalign.models.crops import (
     leg_scale,
     letterbox_matrix,
 )
+from legalign.models.inference import inference_copy
 from legalign.pipeline.config_schema import ConfigError, load_config
 from legalign.pipeline.enums import Side
 from legalign.pipeline.landmarks import LegLandmarks
@@ -549,6 +550,7 @@ class Locator(LocatorGeometry):
         device="cpu",
         batch_size: int = 32,
         rules: LocatorRules | None = None,
+        optimise: bool = True,
     ) -> None:
 
         super().__init__(spec, rules)
@@ -556,6 +558,13 @@ class Locator(LocatorGeometry):
         self.coarse_net = coarse_net.to(self.device).eval()
         self.fine_net = fine_net.to(self.device).eval()
         self.batch_size = int(batch_size)
+        # what runs: inference copies made now (``models.inference``: BatchNorm folded,
+        # channels_last; the nets passed in are left as they are, a training run keeps
+        # its modules), or the nets themselves (``optimise=False``: the reference the
+        # copies are tested against)
+        self.optimised = bool(optimise)
+        self._coarse_run = inference_copy(self.coarse_net) if optimise else self.coarse_net
+        self._fine_run = inference_copy(self.fine_net) if optimise else self.fine_net
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -569,7 +578,8 @@ class Locator(LocatorGeometry):
 
     # ------------------------------------------------------------------ networks
     def _run(self, net, batch: np.ndarray) -> np.ndarray:
-
+        """``net`` (an inference copy or the plain network) over ``batch`` in chunks of
+        ``batch_size``."""
         outs = []
         with torch.inference_mode():
             for i in range(0, len(batch), self.batch_size):
@@ -581,13 +591,13 @@ class Locator(LocatorGeometry):
 
     def predict_coarse(self, batch: np.ndarray) -> np.ndarray:
         """Coarse heatmaps for a batch (N, 1, Hc, Wc) of ``coarse_input`` arrays."""
-        return self._run(self.coarse_net, batch)
+        return self._run(self._coarse_run, batch)
 
     def predict_fine(self, crops: np.ndarray) -> np.ndarray:
         """Fine heatmaps for crops (M, 1, S, S) (from one or many films)."""
         if len(crops) == 0:
             return np.zeros((0, len(self.spec.fine_landmarks), 1, 1), np.float32)
-        return self._run(self.fine_net, crops)
+        return self._run(self._fine_run, crops)
 
 
 def crop_angle(points: dict[str, tuple[float, float]], flip: bool) -> float:
