@@ -569,12 +569,16 @@ class Locator(LocatorGeometry):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path | None = None, device="cpu", rules: LocatorRules | None = None
+        cls,
+        path: str | Path | None = None,
+        device="cpu",
+        rules: LocatorRules | None = None,
+        optimise: bool = True,
     ) -> Locator:
         """Load a checkpoint (``None``: the shipped default in ``models/weights/``)."""
 
         spec, coarse, fine = nets_from_checkpoint(load_checkpoint(path))
-        return cls(spec, coarse, fine, device=device, rules=rules)
+        return cls(spec, coarse, fine, device=device, rules=rules, optimise=optimise)
 
     # ------------------------------------------------------------------ networks
     def _run(self, net, batch: np.ndarray) -> np.ndarray:

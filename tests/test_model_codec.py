@@ -46,6 +46,48 @@ def test_spread_grows_with_the_peak_width():
     assert hc.spread(np.zeros((1, 16, 16)), np.array([[8.0, 8.0]]), radius=4)[0] == 4
 
 
+def _whole_map_refinement(hm: np.ndarray, sigma: float) -> np.ndarray:
+    """The decode's sub-pixel refinement as it was defined: the whole map smoothed, the
+    log taken everywhere, the Newton step read at the arg-max (clamped inside)."""
+    flat = hm.reshape(-1, *hm.shape[-2:])
+    n, h, w = flat.shape
+    iy, ix = np.divmod(flat.reshape(n, -1).argmax(axis=1), w)
+    lg = np.log(np.maximum(hc._smooth(flat, sigma), hc.EPS))
+    x0, y0, i = np.clip(ix, 1, w - 2), np.clip(iy, 1, h - 2), np.arange(n)
+
+    def at(dx, dy):
+        return lg[i, y0 + dy, x0 + dx]
+
+    dx, dy = 0.5 * (at(1, 0) - at(-1, 0)), 0.5 * (at(0, 1) - at(0, -1))
+    dxx, dyy = at(1, 0) - 2 * at(0, 0) + at(-1, 0), at(0, 1) - 2 * at(0, 0) + at(0, -1)
+    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    det = dxx * dyy - dxy * dxy
+    ok = (det > 1e-12) & (dxx < 0) & (dyy < 0)
+    safe = np.where(ok, det, 1.0)
+    ox = np.where(ok, -(dyy * dx - dxy * dy) / safe, 0.0)
+    oy = np.where(ok, -(dxx * dy - dxy * dx) / safe, 0.0)
+    off = np.clip(np.stack([ox, oy], axis=1), -1.0, 1.0)
+    return np.stack([x0, y0], axis=1) + off
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 64, 64), (2, 64, 32), (4, 9, 7), (2, 3, 3)])
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 1.5])
+def test_decode_reads_the_smoothed_map_near_the_peak_only_bit_for_bit(shape, sigma):
+    """The refinement smooths the 3 x 3 pixels around each peak only: the same numbers
+    as smoothing the whole map, peaks at the border and inside, flat maps included."""
+    rng = np.random.default_rng(int(sigma * 10) + len(shape))
+    h, w = shape[-2:]
+    hm = rng.random(shape, dtype=np.float32) * 0.3
+    flat = hm.reshape(-1, h, w)
+    ys, xs = np.mgrid[0:h, 0:w]
+    for k in range(len(flat)):
+        cx, cy = (rng.uniform(-1, w), rng.uniform(-1, h)) if k % 3 else (0.0, h - 1.0)
+        flat[k] += np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 4.5).astype(np.float32)
+    flat[0] = 0.0  # a flat map: no refinement
+    xy, _ = hc.decode(hm, smooth_sigma=sigma)
+    assert np.array_equal(xy.reshape(-1, 2), _whole_map_refinement(hm, sigma))
+
+
 def test_stride_conversion_is_pixel_centred():
     for s in (2, 4, 8):
         x = np.array([[0.0, 10.0], [-0.5, 37.25]])
@@ -145,3 +187,22 @@ def test_warp_blocks_lie_on_the_image_lattice():
         plan = warp_plan((900, 700), A, (64, 64))
         assert plan is not None and plan.f > 1
         assert plan.x0 % plan.f == 0 and plan.y0 % plan.f == 0
+
+
+def test_spread_window_is_clipped_to_the_map():
+    """Peaks inside, at and beyond the border: the window is round(xy) +- radius cut to
+    the map (the same numbers as gathering the clipped, de-duplicated indices)."""
+    rng = np.random.default_rng(3)
+    hm = rng.random((6, 20, 12), dtype=np.float32)
+    xy = np.array([[5.4, 9.6], [0.2, 0.4], [11.0, 19.0], [-3.0, 25.0], [13.7, -0.6], [6.5, 10.5]])
+    r = 4
+    want = []
+    for m, (cx, cy) in zip(hm, xy, strict=True):
+        ix = np.unique(np.clip(int(round(cx)) + np.arange(-r, r + 1), 0, 11))
+        iy = np.unique(np.clip(int(round(cy)) + np.arange(-r, r + 1), 0, 19))
+        win = np.maximum(m[np.ix_(iy, ix)], 0.0).astype(np.float64)
+        d2 = (ix[None, :] - cx) ** 2 + (iy[:, None] - cy) ** 2
+        keep = d2 <= (r + 0.5) ** 2
+        wsum = float(win[keep].sum())
+        want.append(np.sqrt(float((win * d2)[keep].sum()) / (2 * wsum)) if wsum > 1e-8 else r)
+    assert np.array_equal(hc.spread(hm, xy, radius=r), np.array(want))
