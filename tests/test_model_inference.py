@@ -55,6 +55,35 @@ def test_copy_folds_batchnorm_and_leaves_the_training_net_alone(shipped):
         want = net.eval()(x)
     assert got.is_contiguous() and got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    # the copy shares no tensor with the net: training on does not reach it
+    theirs = {t.data_ptr() for t in net.state_dict().values()}
+    assert not theirs & {t.data_ptr() for t in fast.state_dict().values()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), got)
+
+
+def test_a_forward_that_does_not_trace_keeps_its_batchnorm():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.bn(self.conv(x))
+            return y if float(x.mean()) > 0.5 else -y  # data-dependent: fx cannot trace it
+
+    net = Branchy()
+    _randomise_batchnorm(net, 3)
+    net.eval()
+    fast = inference_copy(net)
+    assert len(_batchnorms(fast)) == 1 and fast.net is not net
+    for x in (torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8) + 1.0):
+        with torch.inference_mode():
+            assert torch.allclose(fast(x), net(x), atol=1e-6)
 
 
 def test_copy_of_any_checkpoint_of_the_architecture(shipped):
