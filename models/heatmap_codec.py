@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.ndimage import maximum_filter
 
 EPS = 1e-10
@@ -244,3 +246,49 @@ def spread(heatmaps: np.ndarray, xy: np.ndarray, radius: int = 4) -> np.ndarray:
         wsum = float(win[keep].sum())
         out[i] = math.sqrt(float((win * d2)[keep].sum()) / (2.0 * wsum)) if wsum > 1e-8 else r
     return out.reshape(lead)
+
+
+def decode_differentiable(heatmaps: torch.Tensor, smooth_sigma: float = 1.0) -> torch.Tensor:
+    """:func:`decode`'s positions in torch, differentiable in the heatmap values.
+
+    ``heatmaps``: a torch tensor (N, H, W).  The arg-max pixel is chosen without a
+    gradient; the DARK sub-pixel offset (same smoothing, edge padding, Newton step and
+    +-1 pixel clip as :func:`decode`) carries the gradient, so a loss on the decoded
+    position (the weak HKA target of ``training.angle_target``) trains exactly what
+    inference reads.  Returns (N, 2) heatmap-pixel (x, y).
+    """
+    n, h, w = heatmaps.shape
+    with torch.no_grad():
+        arg = heatmaps.reshape(n, -1).argmax(dim=1)
+        iy, ix = arg // w, arg % w
+    sm = heatmaps
+    if smooth_sigma > 0:
+        r = max(1, int(round(2.5 * smooth_sigma)))
+        t = torch.arange(-r, r + 1, dtype=heatmaps.dtype, device=heatmaps.device)
+        kern = torch.exp(-(t**2) / (2 * smooth_sigma * smooth_sigma))
+        kern = kern / kern.sum()
+        p = F.pad(heatmaps[:, None], (r, r, r, r), mode="replicate")
+        p = F.conv2d(p, kern.view(1, 1, 1, -1))
+        sm = F.conv2d(p, kern.view(1, 1, -1, 1))[:, 0]
+    lg = torch.log(sm.clamp_min(EPS))
+    x0 = ix.clamp(1, w - 2)
+    y0 = iy.clamp(1, h - 2)
+    idx = torch.arange(n, device=heatmaps.device)
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        return lg[idx, y0 + dy, x0 + dx]
+
+    c = at(0, 0)
+    dx = 0.5 * (at(1, 0) - at(-1, 0))
+    dy = 0.5 * (at(0, 1) - at(0, -1))
+    dxx = at(1, 0) - 2 * c + at(-1, 0)
+    dyy = at(0, 1) - 2 * c + at(0, -1)
+    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    det = dxx * dyy - dxy * dxy
+    ok = (det > 1e-12) & (dxx < 0) & (dyy < 0)
+    safe = torch.where(ok, det, torch.ones_like(det))
+    zero = torch.zeros_like(det)
+    ox = torch.where(ok, -(dyy * dx - dxy * dy) / safe, zero)
+    oy = torch.where(ok, -(dxx * dy - dxy * dx) / safe, zero)
+    off = torch.stack([ox, oy], dim=1).clamp(-1.0, 1.0)
+    return torch.stack([x0, y0], dim=1).to(heatmaps.dtype) + off

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -199,6 +199,27 @@ class StageState:
         return cls(int(d.get("stage_index", 0)), int(d.get("step", 0)), extra)
 
 
+class ExtraTarget(Protocol):
+    """A second kind of sample trained together with the heatmap samples (the weak HKA
+    target of ``training.angle_target``): its inputs join each batch, so one forward
+    pass serves both (as DDP needs), and its loss is added to the heatmap loss."""
+
+    def batch(self) -> Any:
+        """The next extra batch; it has ``crops`` (N, 1, S, S)."""
+        ...
+
+    def loss(self, heatmaps: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
+        """(loss to add, a figure to log) for the network's output on ``batch.crops``."""
+        ...
+
+
+def _freeze_batchnorm(net: torch.nn.Module) -> None:
+    """Keep the BatchNorm statistics of a trained network (fine-tuning)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def train_stage(
     run: RunContext,
     stage: str,
@@ -213,15 +234,23 @@ def train_stage(
     log_every: int,
     checkpoint_every: int,
     config: dict[str, Any],
+    net_name: str | None = None,
+    extra: ExtraTarget | None = None,
+    freeze_batchnorm: bool = False,
 ) -> list[float]:
-    """Train ``nets[stage]`` for the stage's remaining steps; returns the step losses.
+    """Train ``nets[net_name or stage]`` for the stage's remaining steps; returns the
+    step losses.
 
+    ``extra``: a second target trained in the same batches (its figure is logged as
+    ``extra``); ``freeze_batchnorm``: keep the network's BatchNorm statistics.
     Writes ``metrics.jsonl`` every ``log_every`` steps and the resumable ``last.pt``
     every ``checkpoint_every`` steps and at the end of the stage (rank 0 only).
     """
     device = run.device
-    net = nets[stage]
+    net = nets[net_name or stage]
     net.train()
+    if freeze_batchnorm:
+        _freeze_batchnorm(net)
     model = net
     if run.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -236,6 +265,7 @@ def train_stage(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     prefetch = Prefetcher(sampler, scfg.batch_size)
     losses: list[float] = []
+    figures: list[float] = []
     t0 = time.time()
     bar = None
     if run.progress and run.is_main:
@@ -252,9 +282,16 @@ def train_stage(
             for g in opt.param_groups:
                 g["lr"] = lr
             x, t, m = (torch.from_numpy(a).to(device) for a in prefetch.get())
+            xb = extra.batch() if extra is not None else None
+            if xb is not None:
+                x = torch.cat([x, torch.from_numpy(xb.crops).to(device)])
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 y = model(x)
-            loss = heatmap_loss(y.float(), t, m, scfg.pos_weight)
+            loss = heatmap_loss(y[: len(t)].float(), t, m, scfg.pos_weight)
+            if extra is not None:
+                extra_loss, figure = extra.loss(y[len(t) :], xb)
+                loss = loss + extra_loss
+                figures.append(figure)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -263,7 +300,8 @@ def train_stage(
             losses.append(lv)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{lv:.5f}", lr=f"{lr:.2e}")
+                shown = {"extra": f"{figures[-1]:.3f}"} if figures else {}
+                bar.set_postfix(loss=f"{lv:.5f}", lr=f"{lr:.2e}", **shown)
             done = step + 1
             if done % log_every == 0 or done == scfg.steps:
                 el = time.time() - t0
@@ -275,6 +313,7 @@ def train_stage(
                         "lr": lr,
                         "samples_per_s": (done - start) * scfg.batch_size / max(el, 1e-9),
                         "elapsed_s": el,
+                        **({"extra": float(np.mean(figures[-log_every:]))} if figures else {}),
                     }
                 )
             if run.is_main and (done % checkpoint_every == 0 or done == scfg.steps):

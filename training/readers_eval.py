@@ -111,6 +111,19 @@ def readers_part(n_films: int, part: str, fraction: float, seed: int) -> list[in
     raise ValueError(f"part must be 'calibration' or 'heldout', got {part!r}")
 
 
+def truths_of_part(truths: Sequence[AngleTruth], part: str | None) -> list[AngleTruth]:
+    """The legs of the ``calibration`` or ``heldout`` films of the split in
+    configs/uncertainty.yaml (``readers_split``); None keeps every leg."""
+    if part is None:
+        return list(truths)
+    split = load_uncertainty_config().readers_split
+    films = list(dict.fromkeys(t.path for t in truths))
+    chosen = {
+        films[i] for i in readers_part(len(films), part, split.calibration_fraction, split.seed)
+    }
+    return [t for t in truths if t.path in chosen]
+
+
 def load_angle_truth(path: str | Path) -> list[AngleTruth]:
     """Read and validate an angle CSV; errors name the file and the line."""
     path = Path(path)
@@ -409,14 +422,7 @@ def evaluate_angles(
     configs/uncertainty.yaml (``readers_split``; the calibration part fitted the
     interval scale), None takes every film."""
 
-    truths = load_angle_truth(csv_path)
-    if part is not None:
-        split = load_uncertainty_config().readers_split
-        films = list(dict.fromkeys(t.path for t in truths))
-        chosen = {
-            films[i] for i in readers_part(len(films), part, split.calibration_fraction, split.seed)
-        }
-        truths = [t for t in truths if t.path in chosen]
+    truths = truths_of_part(load_angle_truth(csv_path), part)
     if limit is not None:
         films = list(dict.fromkeys(t.path for t in truths))[: int(limit)]
         truths = [t for t in truths if t.path in set(films)]

@@ -56,6 +56,7 @@ from legalign.pipeline.geometry_config import load_geometry_config
 from legalign.pipeline.landmarks import LegLandmarks
 from legalign.pipeline.locate import Locator
 from legalign.pipeline.radiograph import Radiograph
+from legalign.training.angle_target import AngleStageConfig, AngleTarget, load_target_legs
 from legalign.training.augment import augmentation_config, build_augmentation
 from legalign.training.datasets import (
     AnnotatedFilm,
@@ -74,7 +75,9 @@ from legalign.training.engine import (
 )
 from legalign.training.evaluate import evaluate_films, format_report, summarise
 
-STAGES = ("coarse", "fine")
+STAGES = ("coarse", "fine", "angle")
+# The network each stage trains (the angle stage tunes the fine network).
+STAGE_NET = {"coarse": "coarse", "fine": "fine", "angle": "fine"}
 
 
 @dataclass
@@ -135,6 +138,10 @@ class TrainConfig:
     coarse: StageConfig
     fine: StageConfig
     export: ExportConfig
+    # The weak HKA target (training/angle_target.py): the fine network tuned on the
+    # fine stage's samples plus an angle-only reference; needed when ``stages`` lists
+    # ``angle``.
+    angle: AngleStageConfig | None = None
     # Optional film-level albumentations augmentation (training/augment.py), applied to
     # each drawn film before the stage cuts its sample: overrides merged over
     # configs/augmentation_default.yaml.  Absent or null: only the sampler's own
@@ -154,6 +161,8 @@ class TrainConfig:
         for s in self.stages:
             if s not in STAGES:
                 raise ConfigError(f"stages: unknown stage {s!r} (allowed: {', '.join(STAGES)})")
+        if "angle" in self.stages and self.angle is None:
+            raise ConfigError("angle: missing required key (stages lists angle)")
         if not self.train_data:
             raise ConfigError("train_data: needs at least one dataset")
         if self.log_every < 1 or self.checkpoint_every < 1:
@@ -195,6 +204,11 @@ def load_train_config(path: str | Path) -> TrainConfig:
 def _resolve_dataset_paths(data: dict[str, Any], folder: Path) -> None:
     """Dataset paths of one config file (``train_data`` / ``val_data`` ``spec``) relative
     to that file's folder, made absolute (``synthetic:N`` specs are not paths)."""
+    target = (
+        (data.get("angle") or {}).get("target") if isinstance(data.get("angle"), dict) else None
+    )
+    if isinstance(target, dict) and isinstance(target.get("data"), str):
+        target["data"] = str(folder / Path(target["data"]).expanduser())
     for key in ("train_data", "val_data"):
         entries = data.get(key)
         if not isinstance(entries, list):
@@ -245,8 +259,9 @@ def train(
     for si in range(state.stage_index, len(cfg.stages)):
         stage = cfg.stages[si]
         scfg: StageConfig = getattr(cfg, stage)
+        net_name = STAGE_NET[stage]
         sampler = Sampler(
-            stage,
+            net_name,
             data,
             cfg.model,
             scfg,
@@ -266,6 +281,9 @@ def train(
             log_every=cfg.log_every,
             checkpoint_every=cfg.checkpoint_every,
             config=config_to_dict(cfg),
+            net_name=net_name,
+            extra=angle_target(cfg, run, nets, si) if stage == "angle" else None,
+            freeze_batchnorm=stage == "angle",
         )
     result: dict[str, Any] = {"stages": history, "output_dir": str(run.out)}
     if run.is_main:
@@ -315,6 +333,18 @@ def build_networks(
         state = StageState.from_dict(dict(ck.get("train_state", {})))
         run.log(f"resumed from {last}: stage {state.stage_index}, step {state.step}")
     return nets, state
+
+
+def angle_target(
+    cfg: TrainConfig, run: RunContext, nets: dict[str, torch.nn.Module], si: int
+) -> AngleTarget:
+    """The angle stage's reference legs, found with the run's coarse network."""
+    assert cfg.angle is not None  # TrainConfig.validate
+    locator = Locator(cfg.model, nets["coarse"], nets["fine"], device=run.device)
+    legs = load_target_legs(cfg.angle.target, locator, log=run.log if run.is_main else _quiet)
+    return AngleTarget(
+        legs, cfg.model, cfg.angle.target, cfg.angle.augment, seed=cfg.seed * 1000 + si * 100 + 50
+    )
 
 
 def _quiet(*_: Any) -> None:
