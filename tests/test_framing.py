@@ -221,7 +221,7 @@ def _row(
 
 def test_summary_counts_misses_sides_and_cut_legs():
     rows = [
-        _row("letterbox", hka=1.0, orig=1.2, readers=0.5),
+        {**_row("letterbox", hka=1.0, orig=1.2, readers=0.5), "readers_part": "heldout"},
         _row("letterbox", hka=2.0, orig=1.0, readers=1.5, review=True),
         _row("letterbox", hka=1.65, orig=1.0),
         _row("letterbox", found=False),
@@ -237,6 +237,8 @@ def test_summary_counts_misses_sides_and_cut_legs():
     assert (lb["hka_far"], lb["hka_far_flagged_for_review"]) == (2, 1)
     assert lb["hka_delta_deg"]["max"] == pytest.approx(1.0)
     assert lb["readers"]["mad"] == pytest.approx(0.5)
+    # the readers' held-out films alone (the default recipe trains on the others)
+    assert (lb["readers_heldout"]["n"], lb["readers_heldout"]["mad"]) == (1, pytest.approx(0.5))
     assert rep["by_kind"]["bilateral"]["wrong_side"] == 1
     part = rep["by_kind"]["partial"]
     assert (part["cut_legs"], part["cut_legs_outside_the_film"], part["cut_legs_with_hka"]) == (

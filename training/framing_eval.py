@@ -11,8 +11,10 @@ the original); within ``match_fraction`` x femur length it is found.
 Reported per kind and overall: legs expected, found with the correct side, missed, found
 with the wrong side, extra legs, |HKA(variant) - HKA(original)| (mean, p95, max, how many
 found legs have no HKA), HKA against the readers (bias, mean absolute difference) on the
-readers variants and on the originals, and, on partial films, how many legs whose hip or
-ankle is cut off say ``outside the film``.
+readers variants and on the originals (also on the *held-out* readers films alone: the
+default recipe's angle stage trains on the calibration part, ``readers_split`` of
+configs/uncertainty.yaml), and, on partial films, how many legs whose hip or ankle is cut
+off say ``outside the film``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,30 @@ from tqdm import tqdm
 from legalign.models.crops import apply_affine
 from legalign.pipeline.api import analyse, load_config, load_locator
 from legalign.training.framing import load_manifest
+from legalign.training.readers_eval import load_angle_truth, truths_of_part
 
 CORE = ("femoral_head", "knee_centre", "ankle_centre")
 # a variant's HKA this far from its original's (deg) is counted apart, with how many of
 # those legs the product flags for review (issue #11's "0.6 deg for all")
 FAR_DEG = 0.6
+
+
+def readers_parts(manifest: dict[str, Any], roots: dict[str, str]) -> dict[str, str]:
+    """Source key -> ``calibration`` or ``heldout`` for the oai-readers sources, from the
+    readers' CSV (``readers.csv`` in the dataset's root) and ``readers_split``; empty
+    when the CSV is not there."""
+    root = roots.get("oai-readers")
+    csv_path = Path(root) / "readers.csv" if root else None
+    if csv_path is None or not csv_path.is_file():
+        return {}
+    truths = load_angle_truth(csv_path)
+    held = {t.path.resolve() for t in truths_of_part(truths, "heldout")}
+    out = {}
+    for key, src in manifest["sources"].items():
+        if src["dataset"] == "oai-readers":
+            path = (Path(root) / src["file"]).resolve()
+            out[key] = "heldout" if path in held else "calibration"
+    return out
 
 
 def _leg_info(leg: Any) -> dict[str, Any]:
@@ -126,6 +147,7 @@ def evaluate_framing(
     if limit is not None:
         variants = variants[:limit]
     needed = sorted({leg["source"] for v in variants for leg in v["legs"]})
+    parts = readers_parts(manifest, roots)
 
     # ---- the originals: reference HKA and knee of each source
     refs: dict[str, dict[str, Any]] = {}
@@ -164,6 +186,7 @@ def evaluate_framing(
             "head": pts.get("femoral_head"),
             "femur": femur,
             "readers": src.get("readers_hka"),
+            "readers_part": parts.get(key),
             "original_side": leg["side"] if leg else None,
         }
     t_orig = time.perf_counter() - t_orig
@@ -209,6 +232,7 @@ def evaluate_framing(
                 "review": p["review"] if p else None,
                 "hka_original": ref["hka"],
                 "readers_hka": leg.get("readers_hka"),
+                "readers_part": parts.get(leg["source"]),
                 "outside": leg.get("outside", []),
                 "error": error if p is None else None,
                 "n_predicted": len(predicted),
@@ -245,7 +269,7 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     no_hka = [r for r in ok if r["hka"] is None and not r["outside_core"]]
     readers = [
-        r["hka"] - r["readers_hka"]
+        r
         for r in ok
         if r["hka"] is not None and r["readers_hka"] is not None and not r["outside_core"]
     ]
@@ -260,7 +284,10 @@ def _block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "hka_far": len(far),
         "hka_far_flagged_for_review": sum(1 for r in far if r.get("review")),
         "found_without_hka": len(no_hka),
-        "readers": _readers_stats(readers),
+        "readers": _readers_stats([r["hka"] - r["readers_hka"] for r in readers]),
+        "readers_heldout": _readers_stats(
+            [r["hka"] - r["readers_hka"] for r in readers if r.get("readers_part") == "heldout"]
+        ),
         "cut_legs": len(cut),
         "cut_legs_outside_the_film": sum(
             1 for r in cut if r["hka"] is None and "outside the film" in (r["hka_reason"] or "")
@@ -274,9 +301,7 @@ def summarise_rows(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) 
         r["outside_core"] = any(n in CORE for n in r.get("outside", []))
     kinds = sorted({r["kind"] for r in rows})
     originals = [
-        ref["hka"] - ref["readers"]
-        for ref in refs.values()
-        if ref["hka"] is not None and ref["readers"] is not None
+        ref for ref in refs.values() if ref["hka"] is not None and ref["readers"] is not None
     ]
     by_kind = {k: _block([r for r in rows if r["kind"] == k]) for k in kinds}
     return {
@@ -285,7 +310,14 @@ def summarise_rows(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) 
         "originals": {
             "films": len(refs),
             "without_hka": sum(1 for ref in refs.values() if ref["hka"] is None),
-            "readers": _readers_stats(originals),
+            "readers": _readers_stats([ref["hka"] - ref["readers"] for ref in originals]),
+            "readers_heldout": _readers_stats(
+                [
+                    ref["hka"] - ref["readers"]
+                    for ref in originals
+                    if ref.get("readers_part") == "heldout"
+                ]
+            ),
         },
         "misses": [
             {k: r[k] for k in ("file", "source", "expected_side", "side", "error", "n_predicted")}
@@ -303,24 +335,25 @@ def format_framing_report(report: dict[str, Any], max_misses: int = 15) -> str:
     lines = [
         "| kind | legs | found, side right | missed | wrong side | extra | "
         f"dHKA mean / p95 / max (deg) | dHKA > {FAR_DEG} (flagged for review) | no HKA | "
-        "readers MAD / bias (n) | cut: outside the film |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "readers MAD / bias (n) | held-out readers MAD (n) | cut: outside the film |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     blocks = [*report["by_kind"].items(), ("all", report["overall"])]
     for name, b in blocks:
-        h, rd = b["hka_delta_deg"], b["readers"]
+        h, rd, hd = b["hka_delta_deg"], b["readers"], b["readers_heldout"]
         cut = f"{b['cut_legs_outside_the_film']}/{b['cut_legs']}" if b["cut_legs"] else "-"
         lines.append(
             f"| {name} | {b['legs']} | {b['found_correct_side']} | {b['missed']} | "
             f"{b['wrong_side']} | {b['extra_legs']} | {_f(h['mean'])} / {_f(h['p95'])} / "
             f"{_f(h['max'])} | {b['hka_far']} ({b['hka_far_flagged_for_review']}) | "
             f"{b['found_without_hka']} | {_f(rd['mad'])} / {_f(rd['bias'])} "
-            f"({rd['n']}) | {cut} |"
+            f"({rd['n']}) | {_f(hd['mad'])} ({hd['n']}) | {cut} |"
         )
     o = report["originals"]
     lines.append(
         f"originals: {o['films']} films, {o['without_hka']} without HKA; readers MAD "
-        f"{_f(o['readers']['mad'])} deg, bias {_f(o['readers']['bias'])} ({o['readers']['n']} legs)"
+        f"{_f(o['readers']['mad'])} deg, bias {_f(o['readers']['bias'])} ({o['readers']['n']} legs); "
+        f"held-out readers MAD {_f(o['readers_heldout']['mad'])} ({o['readers_heldout']['n']} legs)"
     )
     lines.append(f"{report['seconds_per_variant']:.3f} s per variant (read + locate + measure)")
     misses = report["misses"]
