@@ -49,7 +49,7 @@ def test_copy_folds_batchnorm_and_leaves_the_training_net_alone(shipped):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert _batchnorms(fast) == [], "every BatchNorm is folded into its convolution"
     assert not fast.training
-    x = torch.rand(2, 1, spec.coarse_height, spec.coarse_width)
+    x = torch.rand(2, 1, 64, 32)
     with torch.inference_mode():
         got = fast(x)
         want = net.eval()(x)
@@ -95,8 +95,7 @@ def test_copy_of_any_checkpoint_of_the_architecture(shipped):
     for seed, net in enumerate((coarse, fine)):
         _randomise_batchnorm(net, seed)
         net.eval()
-        size = (spec.coarse_height, spec.coarse_width) if net is coarse else (spec.fine_size,) * 2
-        x = torch.rand(3, 1, *size)
+        x = torch.rand(2, 1, 64, 32)  # fully convolutional: a small input tests the same
         with torch.inference_mode():
             want = net(x)
             got = inference_copy(net)(x)
