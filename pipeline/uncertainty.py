@@ -57,14 +57,20 @@ _STEP_PX = 0.05  # finite-difference step for the Jacobian, image pixels
 
 @dataclass(frozen=True)
 class ReadersSplit:
-    """Which films of the angle reference CSV calibrated ``scale`` (the rest: held out)."""
+    """How the films of the angle reference CSV are split: ``calibration_fraction`` of
+    them are not held out; of those, ``angle_fraction`` train the default recipe's angle
+    stage (part ``angle``) and the others calibrated ``scale`` (part ``calibration``);
+    the rest is held out (part ``heldout``)."""
 
     seed: int
     calibration_fraction: float
+    angle_fraction: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 < self.calibration_fraction < 1.0:
             raise ConfigError("calibration_fraction: must be within (0, 1)")
+        if not 0.0 <= self.angle_fraction < 1.0:
+            raise ConfigError("angle_fraction: must be within [0, 1)")
 
 
 @dataclass(frozen=True)

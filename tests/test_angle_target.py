@@ -208,10 +208,10 @@ def test_the_angle_loss_pulls_the_hka_towards_the_reference(angle_csv, reference
     assert err < 1.2, err  # was 1.5
 
 
-def test_default_recipe_tunes_on_the_readers_calibration_part():
+def test_default_recipe_tunes_on_the_readers_angle_part():
     cfg = load_train_config(CONFIGS / "train_default.yaml")
     assert cfg.stages == ["coarse", "fine", "angle"]
-    assert cfg.angle is not None and cfg.angle.target.part == "calibration"
+    assert cfg.angle is not None and cfg.angle.target.part == "angle"
     assert cfg.angle.target.data.endswith("oai-readers/readers.csv")
 
 

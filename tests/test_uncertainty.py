@@ -182,6 +182,13 @@ def test_readers_parts_split_every_film_once():
     assert cal == readers_part(114, "calibration", 0.5, 0)
     with pytest.raises(ValueError):
         readers_part(10, "train", 0.5, 0)
+    # with an angle part: the not-held-out films shared between the angle stage and the
+    # conformal calibration, the held-out films unchanged
+    angle = readers_part(114, "angle", 0.5, 0, 0.5)
+    conformal = readers_part(114, "calibration", 0.5, 0, 0.5)
+    assert readers_part(114, "heldout", 0.5, 0, 0.5) == held
+    assert len(angle) == 28 and sorted(angle + conformal) == cal
+    assert readers_part(114, "angle", 0.5, 0) == []
 
 
 def test_config_override_changes_the_scale(cfg, tmp_path):

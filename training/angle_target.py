@@ -13,8 +13,9 @@ those crops are decoded exactly as at inference but differentiably
 
     loss = heatmap loss + weight * smooth_L1(HKA - reference HKA, beta)
 
-Only the ``part`` of the reference named in the config is used (``calibration``: the
-films of ``readers_split`` in configs/uncertainty.yaml); the other part stays held out
+Only the ``part`` of the reference named in the config is used (``angle``: its films in
+``readers_split`` of configs/uncertainty.yaml); the ``calibration`` part fits the
+interval scale and the ``heldout`` part is never used for either
 (``legalign evaluate CKPT readers.csv --part heldout``).  The coarse network is not
 changed; the legs are found once, with the run's coarse network, when the stage starts.
 """
@@ -44,7 +45,7 @@ from legalign.training.samples import SampleAug, photometric
 
 # The three points of the HKA and the crop each is read from (the crop that lists it).
 HKA_POINTS = ("femoral_head", "knee_centre", "ankle_centre")
-PARTS = ("calibration", "heldout", "all")
+PARTS = ("angle", "calibration", "heldout", "all")
 _LATTICE = 16  # a joint region starts on this pixel lattice (warp's block grid)
 
 
@@ -53,7 +54,7 @@ class AngleTargetConfig:
     """The reference of the ``angle`` stage and how strongly it pulls."""
 
     data: str  # angle CSV (file, side, hka_deg); relative: the config file's folder
-    part: str  # calibration | heldout | all (readers_split of configs/uncertainty.yaml)
+    part: str  # angle | calibration | heldout | all (readers_split, configs/uncertainty.yaml)
     weight: float  # weight of the HKA loss (deg) against the heatmap loss
     legs_per_step: int  # reference legs (3 crops each) added to every batch
     anchor_jitter: float  # simulated coarse error of the crop anchors, fraction of the femur

@@ -102,14 +102,19 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     # 2. conformal scale on the readers' calibration part
     truths = load_angle_truth(args.readers)
     films = list(dict.fromkeys(t.path for t in truths))
-    keep = {films[i] for i in readers_part(len(films), "calibration", args.fraction, args.seed)}
+    keep = {
+        films[i]
+        for i in readers_part(
+            len(films), "calibration", args.fraction, args.seed, args.angle_fraction
+        )
+    }
     unit = UncertaintyConfig(
         level=args.level,
         confidence_exponent=args.confidence_exponent,
         min_confidence=args.min_confidence,
         scale=1.0,
         landmark_scale={n: s["scale"] for n, s in scales.items()},
-        readers_split=ReadersSplit(args.seed, args.fraction),
+        readers_split=ReadersSplit(args.seed, args.fraction, args.angle_fraction),
         fitted_by="",
         fitted_on="",
     )
@@ -144,7 +149,8 @@ def to_yaml(result: dict[str, Any], args: argparse.Namespace, command: str) -> s
         f"# Landmark scales: {result['n_landmark_legs']} legs of {args.landmarks}",
         "#   (films the model did not train on); per landmark: n, RMS radial error px.",
         f"# scale: split conformal on {result['n_calibration_legs']} legs, the calibration",
-        f"#   part of {args.readers} (readers_split below); the other part is held out:",
+        f"#   part of {args.readers} (readers_split below); the angle part trains the",
+        "#   default recipe's angle stage (configs/train_default.yaml); the rest is held out:",
         "#   legalign evaluate CKPT readers.csv --part heldout",
         f"level: {args.level:g}                  # interval level; error radii hold the point this often",
         f"confidence_exponent: {args.confidence_exponent:g}    # sd grows as confidence**-exponent",
@@ -157,9 +163,10 @@ def to_yaml(result: dict[str, Any], args: argparse.Namespace, command: str) -> s
         if s is not None:
             lines.append(f"  {name}: {s['scale']:.4f}    # n {s['n']}, RMS {s['rms_px']:.2f} px")
     lines += [
-        "readers_split:              # which films of the angle CSV are the calibration part",
+        "readers_split:              # how the films of the angle CSV are split",
         f"  seed: {args.seed}",
-        f"  calibration_fraction: {args.fraction:g}",
+        f"  calibration_fraction: {args.fraction:g}   # not held out: angle + calibration parts",
+        f"  angle_fraction: {args.angle_fraction:g}         # of those, the angle stage's films",
         f'fitted_by: "{command}"',
         f'fitted_on: "landmarks: {Path(args.landmarks).name}; scale: calibration part of '
         f'{Path(args.readers).parent.name}/{Path(args.readers).name}"',
@@ -182,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-confidence", type=float, default=0.05)
     ap.add_argument("--fraction", type=float, default=0.5, help="share of films used to calibrate")
     ap.add_argument("--seed", type=int, default=0, help="seed of the readers split")
+    ap.add_argument(
+        "--angle-fraction",
+        type=float,
+        default=0.5,
+        help="share of the not-held-out films kept for the angle stage (0: none)",
+    )
     ap.add_argument("--geometry-config", default=None)
     args = ap.parse_args(argv)
     command = "python -m legalign.training.calibration " + " ".join(

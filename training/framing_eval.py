@@ -12,7 +12,7 @@ Reported per kind and overall: legs expected, found with the correct side, misse
 with the wrong side, extra legs, |HKA(variant) - HKA(original)| (mean, p95, max, how many
 found legs have no HKA), HKA against the readers (bias, mean absolute difference) on the
 readers variants and on the originals (also on the *held-out* readers films alone: the
-default recipe's angle stage trains on the calibration part, ``readers_split`` of
+default recipe's angle stage trains on the angle part, ``readers_split`` of
 configs/uncertainty.yaml), and, on partial films, how many legs whose hip or ankle is cut
 off say ``outside the film``.
 """
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from legalign.models.crops import apply_affine
 from legalign.pipeline.api import analyse, load_config, load_locator
 from legalign.training.framing import load_manifest
-from legalign.training.readers_eval import load_angle_truth, truths_of_part
+from legalign.training.readers_eval import READERS_PARTS, load_angle_truth, truths_of_part
 
 CORE = ("femoral_head", "knee_centre", "ankle_centre")
 # a variant's HKA this far from its original's (deg) is counted apart, with how many of
@@ -40,20 +40,23 @@ FAR_DEG = 0.6
 
 
 def readers_parts(manifest: dict[str, Any], roots: dict[str, str]) -> dict[str, str]:
-    """Source key -> ``calibration`` or ``heldout`` for the oai-readers sources, from the
-    readers' CSV (``readers.csv`` in the dataset's root) and ``readers_split``; empty
-    when the CSV is not there."""
+    """Source key -> ``angle``, ``calibration`` or ``heldout`` for the oai-readers
+    sources, from the readers' CSV (``readers.csv`` in the dataset's root) and
+    ``readers_split``; empty when the CSV is not there."""
     root = roots.get("oai-readers")
     csv_path = Path(root) / "readers.csv" if root else None
     if csv_path is None or not csv_path.is_file():
         return {}
     truths = load_angle_truth(csv_path)
-    held = {t.path.resolve() for t in truths_of_part(truths, "heldout")}
+    part_of = {
+        t.path.resolve(): part for part in READERS_PARTS for t in truths_of_part(truths, part)
+    }
     out = {}
     for key, src in manifest["sources"].items():
         if src["dataset"] == "oai-readers":
-            path = (Path(root) / src["file"]).resolve()
-            out[key] = "heldout" if path in held else "calibration"
+            part = part_of.get((Path(root) / src["file"]).resolve())
+            if part is not None:
+                out[key] = part
     return out
 
 

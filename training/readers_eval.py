@@ -99,27 +99,43 @@ def _resolve(csv_path: Path, name: str) -> Path:
     return csv_path.parent / p
 
 
-def readers_part(n_films: int, part: str, fraction: float, seed: int) -> list[int]:
-    """Indices of the ``calibration`` or ``heldout`` films of an angle CSV of ``n_films``
-    films (in CSV order of first appearance), split reproducibly."""
+READERS_PARTS = ("angle", "calibration", "heldout")
+
+
+def readers_part(
+    n_films: int, part: str, fraction: float, seed: int, angle_fraction: float = 0.0
+) -> list[int]:
+    """Indices of the ``angle``, ``calibration`` or ``heldout`` films of an angle CSV of
+    ``n_films`` films (in CSV order of first appearance), split reproducibly: ``fraction``
+    of the films are not held out; ``angle_fraction`` of those are the angle stage's
+    (none when 0), the others the conformal calibration's."""
 
     rest, chosen = split_indices(n_films, fraction, seed)
-    if part == "calibration":
-        return chosen
     if part == "heldout":
         return rest
-    raise ValueError(f"part must be 'calibration' or 'heldout', got {part!r}")
+    conformal, angle = chosen, []
+    if angle_fraction > 0:
+        keep, taken = split_indices(len(chosen), angle_fraction, seed + 1)
+        conformal, angle = [chosen[i] for i in keep], [chosen[i] for i in taken]
+    if part == "calibration":
+        return conformal
+    if part == "angle":
+        return angle
+    raise ValueError(f"part must be one of {', '.join(READERS_PARTS)}, got {part!r}")
 
 
 def truths_of_part(truths: Sequence[AngleTruth], part: str | None) -> list[AngleTruth]:
-    """The legs of the ``calibration`` or ``heldout`` films of the split in
+    """The legs of the ``angle``, ``calibration`` or ``heldout`` films of the split in
     configs/uncertainty.yaml (``readers_split``); None keeps every leg."""
     if part is None:
         return list(truths)
     split = load_uncertainty_config().readers_split
     films = list(dict.fromkeys(t.path for t in truths))
     chosen = {
-        films[i] for i in readers_part(len(films), part, split.calibration_fraction, split.seed)
+        films[i]
+        for i in readers_part(
+            len(films), part, split.calibration_fraction, split.seed, split.angle_fraction
+        )
     }
     return [t for t in truths if t.path in chosen]
 

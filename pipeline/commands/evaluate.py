@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--part",
-        choices=("calibration", "heldout"),
+        choices=("angle", "calibration", "heldout"),
         default=None,
         help="angle CSV only: the films of that part of configs/uncertainty.yaml's "
         "readers_split (the calibration part fitted the interval scale)",
