@@ -57,10 +57,13 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     written once, straight into its channels_last tensor (a fresh tensor costs a few
     milliseconds of page faults per megabyte here: loading is part of every run's start).
     """
+    # folded only when the statistics are tracked (``_fold_batchnorm`` checks)
+    assert bn.running_mean is not None and bn.running_var is not None
+    running_mean: torch.Tensor = bn.running_mean
     rsqrt = torch.rsqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(running_mean)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(running_mean)
     out = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -76,7 +79,7 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     w = torch.empty_like(conv.weight, memory_format=torch.channels_last)
     torch.mul(conv.weight, (gamma * rsqrt).reshape(-1, 1, 1, 1), out=w)
     out.weight = nn.Parameter(w, requires_grad=False)
-    out.bias = nn.Parameter((bias - bn.running_mean) * rsqrt * gamma + beta, requires_grad=False)
+    out.bias = nn.Parameter((bias - running_mean) * rsqrt * gamma + beta, requires_grad=False)
     return out
 
 
@@ -104,8 +107,9 @@ def _fold_batchnorm(net: nn.Module) -> nn.Module:
             and modules[node.target].track_running_stats
         ):
             continue
-        _set_module(gm, prev.target, _folded(modules[prev.target], modules[node.target]))
-        folded.add(prev.target)
+        conv_name = str(prev.target)
+        _set_module(gm, conv_name, _folded(modules[conv_name], modules[str(node.target)]))
+        folded.add(conv_name)
         node.replace_all_uses_with(prev)
         graph.erase_node(node)
     out = fx.GraphModule(gm, graph)

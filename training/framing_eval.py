@@ -44,9 +44,9 @@ def readers_parts(manifest: dict[str, Any], roots: dict[str, str]) -> dict[str, 
     sources, from the readers' CSV (``readers.csv`` in the dataset's root) and
     ``readers_split``; empty when the CSV is not there."""
     root = roots.get("oai-readers")
-    csv_path = Path(root) / "readers.csv" if root else None
-    if csv_path is None or not csv_path.is_file():
+    if root is None or not (Path(root) / "readers.csv").is_file():
         return {}
+    csv_path = Path(root) / "readers.csv"
     truths = load_angle_truth(csv_path)
     part_of = {
         t.path.resolve(): part for part in READERS_PARTS for t in truths_of_part(truths, part)
