@@ -496,7 +496,12 @@ class LocatorGeometry:
                     pts[name] = p
                     conf[name] = c
                     spread[name] = sp
-            outside = _outside_the_film(pts, coarse.height, coarse.width)
+            # a joint is cut off when the fine answer or the coarse one (which saw the
+            # whole film) lies at the edge: a fine crop that reaches past the edge can
+            # place the joint on the last structure inside the film
+            cut = set(_outside_the_film(pts, coarse.height, coarse.width))
+            cut |= set(_outside_the_film(leg.points, coarse.height, coarse.width))
+            outside = tuple(n for n in _EDGE if n in cut)
             legs.append(
                 LegLandmarks(
                     side=leg.side,

@@ -272,6 +272,30 @@ def test_a_joint_cut_off_by_the_film_is_outside_with_its_reason(locator):
     )
 
 
+def test_a_joint_the_coarse_stage_sees_at_the_edge_is_outside_whatever_the_fine_answer(
+    locator, monkeypatch
+):
+    """A fine crop that reaches past the film's bottom edge can put a cut-off ankle on
+    the last structure inside the film; the coarse answer, at the edge, still says the
+    film cuts it off (the framing set's no-ankle films)."""
+    pts = leg_points(60.0, 100.0, 300.0, +1)
+    height = int(pts["ankle_centre"][1]) + 3  # the coarse ankle 3 px from the bottom edge
+    coarse = CoarseResult([CoarseLeg(pts, {n: 0.9 for n in pts}, 1, 300.0)], height, 128)
+    inside = (pts["ankle_centre"][0], pts["ankle_centre"][1] - 30.0)  # 0.1 femur inside
+    monkeypatch.setattr(
+        locator, "_fine_points", lambda inputs, heatmaps: {0: {"ankle_centre": (inside, 0.9, 1.0)}}
+    )
+    empty = FineInputs(np.zeros((0, 1, 8, 8), np.float32), [], [])
+    (leg,) = locator.decode_fine(coarse, empty, np.zeros((0, 8, 4, 4), np.float32))
+    assert leg.points["ankle_centre"] == inside  # the fine answer is reported
+    assert leg.outside == ("ankle_centre",)
+    # with the coarse ankle well inside too, the joint is on the film
+    high = dict(pts, ankle_centre=(pts["ankle_centre"][0], pts["ankle_centre"][1] - 40.0))
+    coarse = CoarseResult([CoarseLeg(high, {n: 0.9 for n in high}, 1, 300.0)], height, 128)
+    (leg,) = locator.decode_fine(coarse, empty, np.zeros((0, 8, 4, 4), np.float32))
+    assert leg.outside == ()
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_crops_follow_a_tilted_leg(locator, flip):
     """An upright leg's crops are not turned; a leg tilted by 8 deg is seen through crops
