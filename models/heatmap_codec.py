@@ -14,6 +14,8 @@ of a landmark is the heatmap's peak value clipped to [0, 1] (the targets peak at
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +111,19 @@ def _smooth_3x3(flat: np.ndarray, x0: np.ndarray, y0: np.ndarray, sigma: float) 
     return out
 
 
+def _taylor_terms(at: Callable[[int, int], Any]) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """First and second central differences of a log heatmap at a peak, and the
+    Hessian's determinant: (dx, dy, dxx, dyy, dxy, det).  ``at(dx, dy)`` gives the log
+    values at that offset (NumPy arrays or torch tensors alike)."""
+    c = at(0, 0)
+    dx = 0.5 * (at(1, 0) - at(-1, 0))
+    dy = 0.5 * (at(0, 1) - at(0, -1))
+    dxx = at(1, 0) - 2 * c + at(-1, 0)
+    dyy = at(0, 1) - 2 * c + at(0, -1)
+    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    return dx, dy, dxx, dyy, dxy, dxx * dyy - dxy * dxy
+
+
 def _newton_3x3(win: np.ndarray) -> np.ndarray:
     """Newton step on log(win) at the centre of each (3, 3) window of ``win`` (N, 3, 3),
     central differences; offsets (N, 2) clipped to +-1 pixel."""
@@ -117,13 +132,7 @@ def _newton_3x3(win: np.ndarray) -> np.ndarray:
     def at(dx: int, dy: int) -> np.ndarray:
         return lg[:, 1 + dy, 1 + dx]
 
-    c = at(0, 0)
-    dx = 0.5 * (at(1, 0) - at(-1, 0))
-    dy = 0.5 * (at(0, 1) - at(0, -1))
-    dxx = at(1, 0) - 2 * c + at(-1, 0)
-    dyy = at(0, 1) - 2 * c + at(0, -1)
-    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
-    det = dxx * dyy - dxy * dxy
+    dx, dy, dxx, dyy, dxy, det = _taylor_terms(at)
     ok = (det > 1e-12) & (dxx < 0) & (dyy < 0)
     safe = np.where(ok, det, 1.0)
     ox = np.where(ok, -(dyy * dx - dxy * dy) / safe, 0.0)
@@ -278,13 +287,7 @@ def decode_differentiable(heatmaps: torch.Tensor, smooth_sigma: float = 1.0) -> 
     def at(dx: int, dy: int) -> torch.Tensor:
         return lg[idx, y0 + dy, x0 + dx]
 
-    c = at(0, 0)
-    dx = 0.5 * (at(1, 0) - at(-1, 0))
-    dy = 0.5 * (at(0, 1) - at(0, -1))
-    dxx = at(1, 0) - 2 * c + at(-1, 0)
-    dyy = at(0, 1) - 2 * c + at(0, -1)
-    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
-    det = dxx * dyy - dxy * dxy
+    dx, dy, dxx, dyy, dxy, det = _taylor_terms(at)
     ok = (det > 1e-12) & (dxx < 0) & (dyy < 0)
     safe = torch.where(ok, det, torch.ones_like(det))
     zero = torch.zeros_like(det)
