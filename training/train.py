@@ -343,7 +343,11 @@ def angle_target(
     locator = Locator(cfg.model, nets["coarse"], nets["fine"], device=run.device)
     legs = load_target_legs(cfg.angle.target, locator, log=run.log if run.is_main else _quiet)
     return AngleTarget(
-        legs, cfg.model, cfg.angle.target, cfg.angle.augment, seed=cfg.seed * 1000 + si * 100 + 50
+        legs,
+        cfg.model,
+        cfg.angle.target,
+        cfg.angle.augment,
+        seed=cfg.seed * 1000 + si * 100 + 50 + run.rank,
     )
 
 
