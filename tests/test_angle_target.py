@@ -231,7 +231,7 @@ def test_angle_config_errors_name_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_angle_stage_trains_from_the_shipped_model(tmp_path, angle_csv):
+def test_angle_stage_trains_from_the_shipped_model(tmp_path, angle_csv, monkeypatch):
     data = yaml.safe_load((CONFIGS / "train_default.yaml").read_text())
     data.update(
         output_dir=str(tmp_path / "run"),
@@ -240,15 +240,27 @@ def test_angle_stage_trains_from_the_shipped_model(tmp_path, angle_csv):
         train_data=[{"spec": "synthetic:2:small", "weight": 1.0, "options": {"seed": 0}}],
         val_data=[],
         log_every=1,
+        checkpoint_every=2,
     )
     data["angle"].update(steps=3, batch_size=2, warmup_steps=1)
     data["angle"]["target"].update(data=str(angle_csv), part="all", legs_per_step=2)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(data))
+    from legalign.training import engine
     from legalign.training.train import train
 
+    saved = []
+    real_save = engine.save_checkpoint
+
+    def record(ck, dest):
+        saved.append(dict(ck.get("train_state", {})))
+        real_save(ck, dest)
+
+    monkeypatch.setattr(engine, "save_checkpoint", record)
     torch.set_num_threads(2)
     res = train(load_train_config(path), log=lambda *a: None, progress=False)
+    # the mid-stage checkpoint carries the reference batches' RNG (resume draws on)
+    assert saved[0]["step"] == 2 and "extra_rng" in saved[0] and "rng" in saved[0]
     assert len(res["stages"]["angle"]) == 3
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in lines] == ["angle"] * 3

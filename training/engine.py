@@ -202,7 +202,10 @@ class StageState:
 class ExtraTarget(Protocol):
     """A second kind of sample trained together with the heatmap samples (the weak HKA
     target of ``training.angle_target``): its inputs join each batch, so one forward
-    pass serves both (as DDP needs), and its loss is added to the heatmap loss."""
+    pass serves both (as DDP needs), and its loss is added to the heatmap loss.  Its
+    ``rng`` state is saved with a resumable checkpoint."""
+
+    rng: np.random.Generator
 
     def batch(self) -> Any:
         """The next extra batch; it has ``crops`` (N, 1, S, S)."""
@@ -261,6 +264,8 @@ def train_stage(
     if start > 0 and "opt" in state.extra:
         opt.load_state_dict(state.extra["opt"])
         sampler.rng.bit_generator.state = state.extra["rng"]
+        if extra is not None and "extra_rng" in state.extra:
+            extra.rng.bit_generator.state = state.extra["extra_rng"]
     use_amp = bool(amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     prefetch = Prefetcher(sampler, scfg.batch_size)
@@ -320,9 +325,10 @@ def train_stage(
                 if done == scfg.steps:
                     nxt = StageState(si + 1, 0)
                 else:
-                    nxt = StageState(
-                        si, done, {"opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state}
-                    )
+                    saved = {"opt": opt.state_dict(), "rng": sampler.rng.bit_generator.state}
+                    if extra is not None:
+                        saved["extra_rng"] = extra.rng.bit_generator.state
+                    nxt = StageState(si, done, saved)
                 save_checkpoint(
                     make_checkpoint(
                         spec, nets["coarse"], nets["fine"], config, train_state=nxt.to_dict()
