@@ -208,10 +208,11 @@ def test_the_angle_loss_pulls_the_hka_towards_the_reference(angle_csv, reference
     assert err < 1.2, err  # was 1.5
 
 
-def test_default_recipe_tunes_on_the_readers_angle_part():
+def test_the_recipes_angle_stage_tunes_on_the_readers_angle_part():
     cfg = load_train_config(CONFIGS / "train_default.yaml")
-    assert cfg.stages == ["coarse", "fine", "angle"]
+    assert cfg.stages == ["coarse", "fine"]  # not in the shipped model
     assert cfg.angle is not None and cfg.angle.target.part == "angle"
+    assert load_train_config(CONFIGS / "train_angle.yaml").stages == ["angle"]
     assert cfg.angle.target.data.endswith("oai-readers/readers.csv")
 
 

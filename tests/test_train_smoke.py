@@ -94,4 +94,4 @@ def test_config_errors_name_the_key(tmp_path):
 def test_default_config_is_valid():
     cfg = load_train_config(SMOKE.parent / "train_default.yaml")
     assert cfg.export.path is None and cfg.export.half  # shipping is `export --as-default`
-    assert cfg.stages == ["coarse", "fine", "angle"]
+    assert cfg.stages == ["coarse", "fine"]

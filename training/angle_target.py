@@ -125,6 +125,11 @@ def load_target_legs(
     coarse network and keep, per leg, the regions its crops can reach."""
     truths = load_angle_truth(cfg.data)
     truths = truths_of_part(truths, None if cfg.part == "all" else cfg.part)
+    if not truths:
+        raise ConfigError(
+            f"angle: part {cfg.part!r} of {cfg.data} has no films (readers_split in "
+            "configs/uncertainty.yaml; the angle part needs angle_fraction > 0)"
+        )
     spec = locator.spec
     by_crop = {c.name: c for c in spec.crops}
     for name in HKA_POINTS:

@@ -150,7 +150,7 @@ def to_yaml(result: dict[str, Any], args: argparse.Namespace, command: str) -> s
         "#   (films the model did not train on); per landmark: n, RMS radial error px.",
         f"# scale: split conformal on {result['n_calibration_legs']} legs, the calibration",
         f"#   part of {args.readers} (readers_split below); the angle part trains the",
-        "#   default recipe's angle stage (configs/train_default.yaml); the rest is held out:",
+        "#   angle stage (configs/train_angle.yaml) when there is one; the rest is held out:",
         "#   legalign evaluate CKPT readers.csv --part heldout",
         f"level: {args.level:g}                  # interval level; error radii hold the point this often",
         f"confidence_exponent: {args.confidence_exponent:g}    # sd grows as confidence**-exponent",
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--angle-fraction",
         type=float,
-        default=0.5,
-        help="share of the not-held-out films kept for the angle stage (0: none)",
+        default=0.0,
+        help="share of the not-held-out films kept for the angle stage (default 0: none)",
     )
     ap.add_argument("--geometry-config", default=None)
     args = ap.parse_args(argv)

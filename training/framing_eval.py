@@ -12,7 +12,7 @@ Reported per kind and overall: legs expected, found with the correct side, misse
 with the wrong side, extra legs, |HKA(variant) - HKA(original)| (mean, p95, max, how many
 found legs have no HKA), HKA against the readers (bias, mean absolute difference) on the
 readers variants and on the originals (also on the *held-out* readers films alone: the
-default recipe's angle stage trains on the angle part, ``readers_split`` of
+angle stage, configs/train_angle.yaml, trains on the angle part, ``readers_split`` of
 configs/uncertainty.yaml), and, on partial films, how many legs whose hip or ankle is cut
 off say ``outside the film``.
 """
