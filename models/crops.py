@@ -109,14 +109,27 @@ def joint_crop_matrix(
     leg's medial side is then +x), rotated by ``angle_deg`` (augmentation).  None when
     the leg has none of the anchors.
     """
+    centre = anchor_centre(points, anchors, weights)
+    if centre is None:
+        return None
+    side = side_per_femur * femur * scale
+    return crop_matrix(centre, side, out_size, flip, angle_deg)
+
+
+def anchor_centre(
+    points: Mapping[str, Sequence[float] | np.ndarray],
+    anchors: Sequence[str],
+    weights: Sequence[float],
+) -> tuple[float, float] | None:
+    """The weighted mean of the ``anchors`` the points have (a joint crop's centre);
+    None when they have none."""
     pts = [(points[a], w) for a, w in zip(anchors, weights, strict=True) if a in points]
     if not pts:
         return None
     wsum = sum(w for _, w in pts)
     cx = sum(p[0] * w for p, w in pts) / wsum
     cy = sum(p[1] * w for p, w in pts) / wsum
-    side = side_per_femur * femur * scale
-    return crop_matrix((float(cx), float(cy)), side, out_size, flip, angle_deg)
+    return float(cx), float(cy)
 
 
 def _area_factor(A: np.ndarray) -> int:

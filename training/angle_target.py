@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from legalign.models import heatmap_codec as hc
-from legalign.models.crops import compose, invert_affine, joint_crop_matrix, warp
+from legalign.models.crops import anchor_centre, compose, invert_affine, joint_crop_matrix, warp
 from legalign.models.spec import LocatorSpec
 from legalign.pipeline.coarse_to_fine import coarse_input, radiograph_film
 from legalign.pipeline.config_schema import ConfigError
@@ -131,15 +131,14 @@ def load_target_legs(
             "configs/uncertainty.yaml; the angle part needs angle_fraction > 0)"
         )
     spec = locator.spec
-    by_crop = {c.name: c for c in spec.crops}
     for name in HKA_POINTS:
         if not any(name in c.landmarks for c in spec.crops):
             raise ConfigError(f"angle: no crop of the model reads {name}")
     legs: list[TargetLeg] = []
     missed: list[str] = []
-    cache: dict[Any, Any] = {}
+    read_path: Any = None  # the film last read (a film's legs are listed together)
     for t in truths:
-        if t.path not in cache:
+        if t.path != read_path:
             try:
                 r = read_radiograph(t.path)
             except LegalignError as exc:
@@ -147,8 +146,7 @@ def load_target_legs(
             film = radiograph_film(r)
             view = coarse_input(locator, film.pixels)
             coarse = locator.decode_coarse(locator.predict_coarse(view.images), film.shape, view)
-            cache = {t.path: (r.pixels, coarse)}
-        pixels, coarse = cache[t.path]
+            read_path, pixels = t.path, r.pixels
         found = [leg for leg in coarse.legs if leg.side == t.side]
         if not found or not all(a in found[0].points for a in HKA_POINTS):
             missed.append(f"{t.file} {t.side}")
@@ -156,20 +154,13 @@ def load_target_legs(
         leg = found[0]
         regions = {}
         for c in spec.crops:
-            have = [
-                (leg.points[a], w)
-                for a, w in zip(c.anchors, c.weights, strict=True)
-                if a in leg.points
-            ]
-            if not have:
+            centre = anchor_centre(leg.points, c.anchors, c.weights)
+            if centre is None:
                 continue
-            cx = sum(p[0] * w for p, w in have)
-            cy = sum(p[1] * w for p, w in have)
-            wsum = sum(w for _, w in have)
             side = c.side * leg.femur_px * max(spec.fine_scales)
             half = side * 0.75 * math.exp(3 * cfg.femur_log_sd)
             half += 3 * cfg.anchor_jitter * leg.femur_px + 4
-            regions[c.name] = _region(pixels, (cx / wsum, cy / wsum), half)
+            regions[c.name] = _region(pixels, centre, half)
         if not all(_crop_of(spec, n).name in regions for n in HKA_POINTS):
             missed.append(f"{t.file} {t.side}")
             continue
@@ -180,7 +171,7 @@ def load_target_legs(
                 {k: (float(v[0]), float(v[1])) for k, v in leg.points.items()},
                 int(leg.medial_sign),
                 float(leg.femur_px),
-                {k: regions[k] for k in by_crop if k in regions},
+                regions,
             )
         )
     log(
