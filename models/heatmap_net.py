@@ -61,11 +61,39 @@ class ConvBNReLU(nn.Sequential):
         )
 
 
+class Blur(nn.Module):
+    """A fixed binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) per channel, then ``stride``.
+
+    Zhang R., "Making convolutional networks shift-invariant again", ICML 2019: a strided
+    convolution or pooling samples its input without low-pass, so its output depends on the
+    input's phase modulo the stride; blurring before (or, for max-pooling, between the max
+    and the subsampling) removes most of that.  Reflect padding keeps the border unbiased.
+    """
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k2 = (k[:, None] * k[None, :]) / 16.0
+        self.register_buffer("kernel", k2.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.channels = channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        kernel = self.kernel.to(dtype=x.dtype)
+        return F.conv2d(x, kernel, stride=self.stride, groups=self.channels)
+
+
 class ResNetHeatmapNet(nn.Module):
     """ResNet stem + the first ``depth`` stages, lateral 1x1 convs, top-down upsampling.
 
     depth 3 (stride-16 deepest features) is the default; ``out_stride`` 4 uses the
     stage-1 features as the finest lateral, 2 also adds the stem (stride 2).
+
+    ``antialias``: every subsampling is low-passed first (``Blur``: before the stem's and
+    each stage's strided convolutions, between the max-pool's max and its subsampling) and
+    the top-down path upsamples bilinearly instead of by repetition, so that the heatmap
+    moves smoothly with the image instead of swinging with its phase modulo the stride.
     """
 
     def __init__(
@@ -76,6 +104,7 @@ class ResNetHeatmapNet(nn.Module):
         out_stride: int = 4,
         head_channels: int = 64,
         pretrained: bool = False,
+        antialias: bool = False,
     ) -> None:
         super().__init__()
 
@@ -90,11 +119,21 @@ class ResNetHeatmapNet(nn.Module):
         with torch.no_grad():
             # grey input: the RGB filters summed (meaningful for pretrained weights)
             conv1.weight.copy_(net.conv1.weight.sum(dim=1, keepdim=True))
-        self.stem = nn.Sequential(conv1, net.bn1, net.relu)
-        self.pool = net.maxpool
         stages = [net.layer1, net.layer2, net.layer3, net.layer4][:depth]
-        self.stages = nn.ModuleList(stages)
         widths = [self._width(s) for s in stages]
+        self.antialias = antialias
+        if antialias:
+            self.stem = nn.Sequential(Blur(1), conv1, net.bn1, net.relu)
+            self.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), Blur(64, stride=2))
+            # stage 1 keeps the resolution; stages 2.. halve it in their first block
+            cins = [64, *widths[:-1]]
+            stages = [stages[0]] + [
+                nn.Sequential(Blur(c), stage) for c, stage in zip(cins[1:], stages[1:])
+            ]
+        else:
+            self.stem = nn.Sequential(conv1, net.bn1, net.relu)
+            self.pool = net.maxpool
+        self.stages = nn.ModuleList(stages)
         self.laterals = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in widths)
         self.stem_lateral = nn.Conv2d(64, head_channels, 1) if out_stride == 2 else nn.Identity()
         self.use_stem = out_stride == 2
@@ -107,6 +146,11 @@ class ResNetHeatmapNet(nn.Module):
         nn.init.constant_(self.out.bias, 0.0)
         self.out_stride = out_stride
         self.num_outputs = num_outputs
+
+    def _up(self, y: torch.Tensor) -> torch.Tensor:
+        if self.antialias:
+            return F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return F.interpolate(y, scale_factor=2.0, mode="nearest")
 
     @staticmethod
     def _width(stage: nn.Module) -> int:
@@ -126,18 +170,19 @@ class ResNetHeatmapNet(nn.Module):
             feats.append(f)
         y = self.laterals[-1](feats[-1])
         for i in range(len(feats) - 2, -1, -1):
-            y = F.interpolate(y, scale_factor=2.0, mode="nearest") + self.laterals[i](feats[i])
+            y = self._up(y) + self.laterals[i](feats[i])
         if self.use_stem:
-            y = F.interpolate(y, scale_factor=2.0, mode="nearest") + self.stem_lateral(s)
+            y = self._up(y) + self.stem_lateral(s)
         return self.out(self.head(y))
 
 
-def _resnet_factory(backbone: str) -> Callable[..., nn.Module]:
+def _resnet_factory(backbone: str, antialias: bool = False) -> Callable[..., nn.Module]:
     def factory(num_outputs: int, **kwargs: Any) -> nn.Module:
-        return ResNetHeatmapNet(num_outputs, backbone=backbone, **kwargs)
+        return ResNetHeatmapNet(num_outputs, backbone=backbone, antialias=antialias, **kwargs)
 
     return factory
 
 
 for _name in ("resnet18", "resnet34", "resnet50"):
     register_architecture(f"{_name}_fpn")(_resnet_factory(_name))
+    register_architecture(f"{_name}_aa_fpn")(_resnet_factory(_name, antialias=True))

@@ -132,3 +132,21 @@ def test_optimised_locator_gives_the_plain_locators_landmarks(shipped):
             assert abs(a.confidence[name] - b.confidence[name]) < 1e-4, name
     # the plain nets the fast locator was built from still hold their BatchNorm modules
     assert _batchnorms(fast.coarse_net) and _batchnorms(fast.fine_net)
+
+
+def test_copy_of_an_antialiased_net():
+    """The anti-aliased architecture (fixed blur convolutions between the folded ones)
+    folds the same way."""
+    from legalign.models.heatmap_net import build_model
+
+    torch.manual_seed(2)
+    net = build_model("resnet18_aa_fpn", 8, depth=3, out_stride=2, head_channels=32)
+    _randomise_batchnorm(net, 3)
+    net.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        want = net(x)
+        copy = inference_copy(net)
+        got = copy(x)
+    assert not _batchnorms(copy)
+    assert torch.allclose(got, want, atol=1e-4 * float(want.abs().max()), rtol=1e-4)
