@@ -126,9 +126,9 @@ class ResNetHeatmapNet(nn.Module):
             self.stem = nn.Sequential(Blur(1), conv1, net.bn1, net.relu)
             self.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), Blur(64, stride=2))
             # stage 1 keeps the resolution; stages 2.. halve it in their first block
-            cins = [64, *widths[:-1]]
             stages = [stages[0]] + [
-                nn.Sequential(Blur(c), stage) for c, stage in zip(cins[1:], stages[1:])
+                nn.Sequential(Blur(c), stage)
+                for c, stage in zip(widths[:-1], stages[1:], strict=True)
             ]
         else:
             self.stem = nn.Sequential(conv1, net.bn1, net.relu)
