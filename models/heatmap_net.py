@@ -80,7 +80,7 @@ class Blur(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        kernel = self.kernel.to(dtype=x.dtype)
+        kernel: torch.Tensor = self.get_buffer("kernel").to(dtype=x.dtype)
         return F.conv2d(x, kernel, stride=self.stride, groups=self.channels)
 
 
