@@ -62,3 +62,15 @@ def test_summary_per_landmark_and_overall():
     }
     assert rows["all"]["legs"] == 3 and rows["all"]["range_max_px"] == 3.0
     assert rows["all"]["range_mean_px"] == pytest.approx(4.5 / 3)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    from legalign.training.shift_stability import main
+
+    assert main(["default", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"shift_stability: error: {tmp_path / 'missing.json'}: file not found"]
+    assert main([str(tmp_path / "no.pt"), "synthetic:1:small"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["default", "synthetic:1:small", "--period", "0"])

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from legalign.pipeline.api import load_locator
 from legalign.pipeline.coarse_to_fine import (
@@ -33,6 +35,8 @@ from legalign.pipeline.coarse_to_fine import (
     fine_heatmaps,
     radiograph_film,
 )
+from legalign.pipeline.config_schema import ConfigError
+from legalign.pipeline.errors import InputError
 from legalign.pipeline.locate import FineInputs, Locator
 from legalign.pipeline.radiograph import Radiograph
 from legalign.training.datasets import load_dataset
@@ -140,15 +144,25 @@ def evaluate(locator: Locator, films: Iterable[AnnotatedFilm], period: int = 16)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m legalign.training.shift_stability", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("checkpoint", help="a locator checkpoint, or 'default' for the shipped one")
     ap.add_argument("dataset", help="a dataset spec (COCO JSON, LabelMe folder, CSV, synthetic:N)")
     ap.add_argument("--period", type=int, default=16, help="largest move, crop px (default 16)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
-    locator = load_locator(None if args.checkpoint == "default" else args.checkpoint)
-    films = load_dataset(args.dataset)
-    result = evaluate(locator, films, args.period)
+    if args.period < 1:
+        ap.error(f"--period: must be >= 1, got {args.period}")
+    try:
+        locator = load_locator(None if args.checkpoint == "default" else args.checkpoint)
+        films = load_dataset(args.dataset)
+        result = evaluate(locator, tqdm(films, desc="films", unit="film"), args.period)
+        if args.json is not None:
+            args.json.write_text(json.dumps(result, indent=1))
+    except (InputError, ConfigError, OSError) as exc:
+        print(f"shift_stability: error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"fine landmarks, crops moved by 0..{args.period} px in x and in y "
         f"({result['offsets']} placements); film px"
@@ -159,10 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:26s} {row['legs']:5d} {row['range_mean_px']:11.2f} "
             f"{row['range_max_px']:10.2f} {row['sd_mean_px']:8.2f}"
         )
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=1))
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
