@@ -74,6 +74,19 @@ _TILE_OVERLAP = 0.1
 _SAME_LEG = 0.3
 _FEMUR_TIBIA = (0.8, 1.7)
 _IN_LINE = 0.45
+# Choosing a knee's head and ankle among the coarse peaks (``_pick_joints``): a peak's
+# height, less _OFF_LINE x its distance from the line it should lie on over its distance
+# from the knee (the head: above the knee; the ankle: the femur's head -> knee line carried
+# on, so the ankle of a tilted film is sought where its femur points), less _PROPORTION x
+# ((ln(femur / tibia) - ln _FEMUR_TIBIA_TYPICAL) / _PROPORTION_SD)^2.  The femur is
+# 1.18 x the tibia (knee -> ankle centre) in the 267 oai-sample legs (SD 0.035, range
+# 1.09-1.29), 1.19 on synthetic films; the soft SD (0.1 in log) leaves room for coarse
+# error and growth disturbances, while a bright structure half a femur above the head, or
+# a heel below the ankle, loses to the peak where a leg's proportions put it.
+_OFF_LINE = 2.0
+_FEMUR_TIBIA_TYPICAL = 1.18
+_PROPORTION_SD = 0.1
+_PROPORTION = 0.1
 # a femoral head / ankle centre closer than this share of the femur length to the film's
 # top or bottom edge (or beyond it) is outside the film: the joint is cut off, whatever
 # the network answered there.  The network places a cut-off head on what is left of it,
@@ -81,6 +94,13 @@ _IN_LINE = 0.45
 # ankle right at the edge, while a whole ankle (the talus below the plafond) can be as
 # close as 0.08 (a native synthetic film)
 _EDGE = {"femoral_head": 0.09, "ankle_centre": 0.03}
+# ... and a head (ankle) is cut off, wherever the network put it, when the femur it makes
+# is shorter than _CUT_FEMUR_TIBIA[0] x the tibia (longer than [1] x) and the head (ankle)
+# that a leg of typical proportions (_FEMUR_TIBIA_TYPICAL) would have lies beyond the
+# film's top (bottom) edge: the network placed a cut-off head on the neck or the
+# trochanter, 0.1-0.15 femur lengths inside the edge.  The bounds are 4-5 SD of the
+# oai-sample legs' ratio from its mean.
+_CUT_FEMUR_TIBIA = (1.0, 1.4)
 # Fine crops follow a tilted leg (``crop_angle``).  The mechanical axis (head -> ankle)
 # of a leg on an upright film is within about 4 deg of vertical (oai-sample labels:
 # mean +0.3, SD 1.1, range -2.1..+3.9 deg towards medial); the fine network was
@@ -351,8 +371,7 @@ class LocatorGeometry:
         heads, knees, ankles = (peaks(name) for name in JOINTS)
         candidates = []
         for k in knees:
-            best_h = _best_along(heads, k, above=True)
-            best_a = _best_along(ankles, k, above=False)
+            best_h, best_a = _pick_joints(heads, k, ankles)
             score = k[2] + (best_h[2] if best_h else 0.0) + (best_a[2] if best_a else 0.0)
             candidates.append((score, k, best_h, best_a))
         candidates.sort(key=lambda c: -c[0])
@@ -716,20 +735,71 @@ def _outside_the_film(
         # fully on it
         if min(y, (height - 1) - y) < share * femur:
             out.append(name)
+    for name in _cut_by_proportions(points, height):
+        if name not in out:
+            out.append(name)
     return tuple(out)
 
 
-def _best_along(cands, knee, above: bool):
-    """The strongest peak roughly in line with the knee, above (head) or below (ankle) it."""
+def _cut_by_proportions(points: dict[str, tuple[float, float]], height: int) -> list[str]:
+    """The head or ankle that the leg's proportions place beyond the film's top or bottom
+    edge while the network placed it inside (see _CUT_FEMUR_TIBIA)."""
+    if not all(n in points for n in JOINTS):
+        return []
+    H, K, A = (np.asarray(points[n], dtype=float) for n in JOINTS)
+    femur, tibia = float(np.hypot(*(K - H))), float(np.hypot(*(A - K)))
+    if femur <= 0 or tibia <= 0:
+        return []
+    ratio = femur / tibia
+    if ratio < _CUT_FEMUR_TIBIA[0]:
+        expected = K + (H - K) / femur * (_FEMUR_TIBIA_TYPICAL * tibia)
+        if expected[1] < -0.5:
+            return ["femoral_head"]
+    elif ratio > _CUT_FEMUR_TIBIA[1]:
+        expected = K + (A - K) / tibia * (femur / _FEMUR_TIBIA_TYPICAL)
+        if expected[1] > height - 0.5:
+            return ["ankle_centre"]
+    return []
+
+
+def _in_line(cands, knee, direction) -> list[tuple[tuple[int, int, float], float]]:
+    """(peak, in-line score) of the peaks within _IN_LINE-ish of the ray from the knee
+    along ``direction`` (a unit vector): the peak's height less _OFF_LINE x its distance
+    from the ray over its distance along it."""
     kx, ky = knee[0], knee[1]
-    best, best_score = None, -np.inf
+    out = []
     for p in cands:
-        dy = (ky - p[1]) if above else (p[1] - ky)
-        if dy <= 2 or abs(p[0] - kx) > 0.4 * dy:
+        v = np.array([p[0] - kx, p[1] - ky], dtype=float)
+        along = float(v @ direction)
+        off = abs(float(v[0] * direction[1] - v[1] * direction[0]))
+        if along <= 2 or off > 0.4 * along:
             continue
-        score = p[2] - 2.0 * abs(p[0] - kx) / dy  # strong and in line with the knee
-        if score > best_score:
-            best, best_score = p, score
+        out.append((p, p[2] - _OFF_LINE * off / along))
+    return out
+
+
+def _pick_joints(heads, knee, ankles):
+    """The head and the ankle peak of the leg through ``knee`` (either None when no peak
+    lies in line): the head above the knee, the ankle on the femur's line carried on,
+    both strong and, together, in a leg's proportions (see _OFF_LINE)."""
+    up, down = np.array([0.0, -1.0]), np.array([0.0, 1.0])
+    kxy = np.array(knee[:2], dtype=float)
+    best, best_score = (None, None), -np.inf
+    for h, sh in _in_line(heads, knee, up) or [(None, 0.0)]:
+        if h is None:
+            axis = down
+        else:
+            axis = kxy - np.array(h[:2], dtype=float)
+            axis /= np.linalg.norm(axis)
+        for a, sa in _in_line(ankles, knee, axis) or [(None, 0.0)]:
+            score = sh + sa
+            if h is not None and a is not None:
+                femur = math.hypot(knee[0] - h[0], knee[1] - h[1])
+                tibia = math.hypot(a[0] - knee[0], a[1] - knee[1])
+                z = (math.log(femur / tibia) - math.log(_FEMUR_TIBIA_TYPICAL)) / _PROPORTION_SD
+                score -= _PROPORTION * z * z
+            if score > best_score:
+                best, best_score = (h, a), score
     return best
 
 

@@ -163,6 +163,62 @@ def test_weak_scattered_joint_peaks_are_no_leg(locator):
     assert set(JOINTS) <= set(locator.spec.coarse_landmarks)
 
 
+def _one_leg_target(locator, points, shape=(900, 450)):
+    film = AnnotatedFilm(
+        source="", image=np.zeros(shape, np.float32), legs=[LegLandmarks("right", points)]
+    )
+    _, target, _ = coarse_sample(film, locator.spec, None, np.random.default_rng(0))
+    return film, target
+
+
+def _with_decoy(locator, points, decoy_points, name, true_peak, decoy_peak):
+    """The coarse targets of a one-leg film whose ``name`` channel also peaks, at
+    ``decoy_peak``, where ``decoy_points`` put that joint (the leg's own at ``true_peak``)."""
+    film, target = _one_leg_target(locator, points)
+    _, decoy = _one_leg_target(locator, decoy_points)
+    ch = locator.coarse_index[name]
+    target[ch] = np.maximum(
+        true_peak * target[ch] / target[ch].max(), decoy_peak * decoy[ch] / decoy[ch].max()
+    )
+    return film, target
+
+
+def _rotated(points, about, deg):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return {
+        n: (
+            about[0] + c * (x - about[0]) - s * (y - about[1]),
+            about[1] + s * (x - about[0]) + c * (y - about[1]),
+        )
+        for n, (x, y) in points.items()
+    }
+
+
+def test_a_brighter_peak_half_a_femur_above_the_head_is_not_the_head(locator):
+    """A film shrunk into a letterbox shows the pelvis above the head: a stronger head
+    peak there, in line with the knee, would make a femur 1.7 x the tibia.  The head is
+    the peak that gives the leg its proportions (femur about 1.18 x the tibia)."""
+    leg = right_leg(200.0, 250.0, 330.0, +1)
+    decoy = dict(leg, femoral_head=(leg["femoral_head"][0], leg["femoral_head"][1] - 165.0))
+    film, target = _with_decoy(locator, leg, decoy, "femoral_head", 0.6, 0.9)
+    rg = Radiograph(path="x", pixels=film.image)
+    (got,) = locator.decode_coarse(target, rg).legs
+    assert np.hypot(*np.subtract(got.points["femoral_head"], leg["femoral_head"])) < 10.0
+
+
+def test_the_ankle_of_a_tilted_leg_is_sought_along_its_femur(locator):
+    """A film rotated by 12 deg: the ankle lies where the femur points, not straight
+    below the knee, where a weaker peak (the other foot, a heel) stands."""
+    leg = _rotated(right_leg(150.0, 60.0, 380.0, +1), (150.0, 60.0), -12.0)
+    k = leg["knee_centre"]
+    tibia = np.hypot(*np.subtract(leg["ankle_centre"], k))
+    decoy = dict(leg, ankle_centre=(k[0], k[1] + tibia))
+    film, target = _with_decoy(locator, leg, decoy, "ankle_centre", 0.6, 0.4)
+    rg = Radiograph(path="x", pixels=film.image)
+    (got,) = locator.decode_coarse(target, rg).legs
+    assert np.hypot(*np.subtract(got.points["ankle_centre"], leg["ankle_centre"])) < 10.0
+
+
 def test_locator_rules_are_validated_with_the_key_named():
     shipped = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "locator.yaml")
     assert from_mapping(LocatorRules, shipped) == default_locator_rules()

@@ -296,6 +296,37 @@ def test_a_joint_the_coarse_stage_sees_at_the_edge_is_outside_whatever_the_fine_
     assert leg.outside == ()
 
 
+def _decoded_outside(locator, pts, height):
+    coarse = CoarseResult([CoarseLeg(pts, {n: 0.9 for n in pts}, 1, 300.0)], height, 128)
+    empty = FineInputs(np.zeros((0, 1, 8, 8), np.float32), [], [])
+    (leg,) = locator.decode_fine(coarse, empty, np.zeros((0, 8, 4, 4), np.float32))
+    return leg.outside
+
+
+def test_a_cut_off_head_placed_on_the_neck_is_outside_by_the_legs_proportions(locator):
+    """A film cut through the hip: the network puts the head on what is left of the
+    femur, 0.15 femur lengths inside the edge, too far in for the edge rule.  The femur
+    it makes is too short for the tibia (0.9 x, against 1.18 x in real legs) and a leg
+    of typical proportions would have its head beyond the top edge: it is cut off."""
+    pts = leg_points(60.0, -25.0, 300.0, +1)  # femur 300, tibia 255: 1.18 x; head cut off
+    knee = pts["knee_centre"]
+    neck = dict(pts, femoral_head=(60.0, knee[1] - 0.9 * 255.0))  # 0.9 x the tibia
+    assert neck["femoral_head"][1] > 0.09 * 300.0  # inside the edge rule's reach
+    assert _decoded_outside(locator, neck, height=700) == ("femoral_head",)
+    # the same short femur well inside the film: its head would be on the film too
+    low = {n: (x, y + 120.0) for n, (x, y) in neck.items()}
+    assert _decoded_outside(locator, low, height=900) == ()
+    # the mirror case: an ankle on the last bone above a bottom edge that cuts it off
+    whole = leg_points(60.0, 60.0, 300.0, +1)
+    knee = whole["knee_centre"]
+    tibia_cut = dict(whole, ankle_centre=(whole["ankle_centre"][0], knee[1] + 300.0 / 1.5))
+    bottom = int(knee[1] + 300.0 / 1.18) - 5  # a typical tibia would end below the film
+    assert tibia_cut["ankle_centre"][1] < bottom - 0.03 * 300.0
+    assert _decoded_outside(locator, tibia_cut, height=bottom) == ("ankle_centre",)
+    # a leg of normal proportions near neither edge is whole
+    assert _decoded_outside(locator, whole, height=700) == ()
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_crops_follow_a_tilted_leg(locator, flip):
     """An upright leg's crops are not turned; a leg tilted by 8 deg is seen through crops
