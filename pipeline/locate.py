@@ -763,9 +763,10 @@ def _cut_by_proportions(points: dict[str, tuple[float, float]], height: int) -> 
 
 
 def _in_line(cands, knee, direction) -> list[tuple[tuple[int, int, float], float]]:
-    """(peak, in-line score) of the peaks within _IN_LINE-ish of the ray from the knee
-    along ``direction`` (a unit vector): the peak's height less _OFF_LINE x its distance
-    from the ray over its distance along it."""
+    """(peak, in-line score) of the peaks near the ray from the knee along ``direction``
+    (a unit vector; at most 0.4 x their distance along it from the ray, about 22 deg):
+    the peak's height less _OFF_LINE x its distance from the ray over its distance
+    along it."""
     kx, ky = knee[0], knee[1]
     out = []
     for p in cands:
